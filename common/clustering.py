@@ -94,7 +94,9 @@ def bipartite_soft_matching(
     if r <= 0:
         return do_nothing, do_nothing
     if r > n_tok // 2:
-        raise ValueError(f"r={r} is too large for N={n_tok} tokens: bipartite matching removes at most N // 2 = {n_tok // 2}")
+        raise ValueError(
+            f"r={r} is too large for N={n_tok} tokens: bipartite matching removes at most N // 2 = {n_tok // 2}"
+        )
 
     with torch.no_grad():
         m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -108,7 +110,8 @@ def bipartite_soft_matching(
             if bool((free_a < r).any()):
                 bad = int(torch.nonzero(free_a < r)[0, 0])
                 raise ValueError(
-                    f"r={r} exceeds the {int(free_a[bad])} unprotected tokens of set A in sample {bad} (see `protected`)"
+                    f"r={r} exceeds the {int(free_a[bad])} unprotected tokens of set A in sample {bad} "
+                    "(see `protected`)"
                 )
             if bool((free_b < 1).any()):
                 bad = int(torch.nonzero(free_b < 1)[0, 0])
@@ -300,11 +303,15 @@ def dpc_knn(
     if mask is None:
         mask = torch.ones(n_batch, n_tok, dtype=torch.bool, device=device)
     elif mask.shape != (n_batch, n_tok) or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor of shape [B, N] = {(n_batch, n_tok)}; got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be a bool tensor of shape [B, N] = {(n_batch, n_tok)}; got {mask.dtype} {tuple(mask.shape)}"
+        )
     mask = mask.to(device)
     n_valid = int(mask.sum(-1).min()) if n_batch > 0 else n_tok
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= n_valid:
-        raise ValueError(f"n_clusters={n_clusters!r} must be an int in [1, {n_valid}] (unmasked tokens per sample, N={n_tok})")
+        raise ValueError(
+            f"n_clusters={n_clusters!r} must be an int in [1, {n_valid}] (unmasked tokens per sample, N={n_tok})"
+        )
     k_max = n_valid if include_self else n_valid - 1
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= k_max:
         raise ValueError(
@@ -360,9 +367,12 @@ def dpc_knn(
         assignment = assignment.masked_fill(~mask, -1)
 
         sizes = torch.zeros(n_batch, n_clusters + 1, dtype=torch.long, device=device)
-        sizes = sizes.scatter_add(1, assignment.masked_fill(~mask, n_clusters), torch.ones_like(assignment))[:, :n_clusters]
+        slot = assignment.masked_fill(~mask, n_clusters)  # masked tokens count in a spare slot, dropped
+        sizes = sizes.scatter_add(1, slot, torch.ones_like(assignment))[:, :n_clusters]
 
-    return ClusterResult(centers_idx=centers_idx, assignment=assignment, density=density, delta=delta, score=score, sizes=sizes)
+    return ClusterResult(
+        centers_idx=centers_idx, assignment=assignment, density=density, delta=delta, score=score, sizes=sizes
+    )
 
 
 def merge_clusters(
@@ -391,11 +401,16 @@ def merge_clusters(
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean'; got {reduce!r}")
     if x.dim() != 3 or assignment.shape != x.shape[:2]:
-        raise ValueError(f"x must be [B, N, D] and assignment [B, N]; got {tuple(x.shape)} and {tuple(assignment.shape)}")
+        raise ValueError(
+            f"x must be [B, N, D] and assignment [B, N]; got {tuple(x.shape)} and {tuple(assignment.shape)}"
+        )
     if n_clusters < 1:
         raise ValueError(f"n_clusters={n_clusters} must be >= 1")
     if bool(((assignment < -1) | (assignment >= n_clusters)).any()):
-        raise ValueError(f"assignment values must lie in [-1, {n_clusters}); got range [{int(assignment.min())}, {int(assignment.max())}]")
+        raise ValueError(
+            f"assignment values must lie in [-1, {n_clusters}); "
+            f"got range [{int(assignment.min())}, {int(assignment.max())}]"
+        )
     n_batch, _, d = x.shape
     w = torch.ones_like(x[..., 0]) if weights is None else weights.to(x.dtype)
     if w.shape != x.shape[:2]:
@@ -405,5 +420,6 @@ def merge_clusters(
     out = out[:, :n_clusters]
     if reduce == "mean":
         total = w.new_zeros(n_batch, n_clusters + 1).scatter_add(1, slot, w)[:, :n_clusters, None]
-        out = torch.where(total != 0, out / torch.where(total != 0, total, torch.ones_like(total)), torch.zeros_like(out))
+        nonzero = total != 0
+        out = torch.where(nonzero, out / torch.where(nonzero, total, torch.ones_like(total)), torch.zeros_like(out))
     return out
