@@ -1,0 +1,15 @@
+"""Per-reducer test settings shared by the reduction/baseline tests (DomainBed's `test_models` style).
+
+Every registered reducer needs an entry: `prune` kwargs that drop tokens on the 4-layer tiny model, and
+`keep_all` kwargs that keep everything (None if the method cannot keep everything).
+"""
+from __future__ import annotations
+
+CASES = {
+    "fastv": {"prune": dict(K=2, ratio=0.5), "keep_all": dict(K=2, ratio=0.0)},
+    "random": {"prune": dict(layer=1, budget=0.25), "keep_all": dict(layer=1, budget=1.0)},
+    "vtw": {"prune": dict(K=2), "keep_all": None},
+    "tome": {"prune": dict(layer=1, ratio=0.5), "keep_all": dict(layer=1, ratio=0.0)},
+    # window=1 "pools" every token into itself through the merged-token path: a keep-all that exercises it
+    "avgpool": {"prune": dict(layer=0), "keep_all": dict(layer=0, window=1)},
+}
