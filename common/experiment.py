@@ -69,11 +69,11 @@ def load_vlm(scale: str = "toy", checkpoint: str | Path | None = None):
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
     if scale == "toy":
-        from common.models.toy import ToyVLM
-
         path = Path(checkpoint) if checkpoint else TOY_CHECKPOINT
         if not path.exists():
             raise FileNotFoundError(f"checkpoint: {path} does not exist; run `make toy-model` first")
+        from common.models.toy import ToyVLM
+
         return ToyVLM.load(path)
     raise NotImplementedError(f"scale={scale!r}: this model loader is not implemented yet (see the README's status table)")
 
