@@ -12,6 +12,7 @@ CASES = {
     "tome": {"prune": dict(layer=1, ratio=0.5), "keep_all": dict(layer=1, ratio=0.0)},
     # window=1 "pools" every token into itself through the merged-token path: a keep-all that exercises it
     "avgpool": {"prune": dict(layer=0), "keep_all": dict(layer=0, window=1)},
+    "dyrate": {"prune": dict(K=2, rate=0.5), "keep_all": dict(K=2, rate=0.0)},  # fixed-rate FP mode
     # recycling off: the shared cache-free replay (FixedKeep) cannot rebuild merged tokens; tests/test_sparsevlm_method.py covers it
     "sparsevlm": {"prune": dict(scale=1.0, recycle=False), "keep_all": dict(mode="paper", lam=0.0)},
 }

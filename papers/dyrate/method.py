@@ -1,0 +1,221 @@
+"""DyRate (Guan et al., "Dynamic Token Reduction during Generation for Vision Language Models",
+arXiv 2501.14204) as a reducer on the common hook. Spec: shared/papers/dyrate.md.
+
+At every generation step t (§4.11): layers 0..K-1 see every token; the last query row of layer K-1's
+attention gives (a) the per-head shares of the four token types, a_t (4H values, §4.3), fed to the
+linear `RatePredictor` -> argmax rate R_t (§4.10), and (b) FastV's scores s_j = mean_h A[h, last, j] of
+the visual tokens (§4.6). The top N - floor(R_t N) visual tokens enter layers K..L-1; the rest are gone
+for this step. (K follows FastV and the hook: "prune the tokens entering layer K", 0-based, so K = 2 means
+two full layers, the paper's FastV setting.)
+
+KV-cache modes (`mode=`; the paper does not discuss caching, dyrate.md §4.12):
+
+| mode | how to generate | what a step costs | rate may go down again | exact to the spec |
+|---|---|---|---|---|
+| `recompute` (default) | `generate(..., use_cache=False)` (see `generate_kwargs`) | a full forward over the pruned sequence: FastV's "inplace" drop, re-decided every step | yes | §4.11 exactly |
+| `mask` | with the cache | the prompt's KV is computed unpruned; from step 2 on, the new token's query does not see the pruned visual keys in layers >= K (attention FLOPs only) | yes | from step 2 on; step 1 runs dense (below) |
+| `drop` | with the cache | step 1 prunes physically at prefill (layers >= K never cache those tokens); later steps may only shrink the kept set: kept_t = min(kept_{t-1}, N - floor(R_t N)), re-ranked among the still-kept tokens | no | outputs as eviction; memory not freed (below) |
+
+What the hook (`common.reduction`) lacks for the last two rows to be complete:
+- `mask` step 1: the first token is predicted by the prefill's last row; masking only that row in layers
+  >= K needs a per-query-row mask at prefill (the hook can only drop tokens for every row at prefill).
+  So in `mask` mode step 1 is unpruned and counted as rate 0 in the trace.
+- `drop` later steps: `on_decode_step` can only hide keys from the new query; it cannot evict entries of
+  layers >= K from the KV cache. Hiding a key from every later query gives the same outputs as evicting
+  it, but the cache keeps its memory and the attention still spans it. Real eviction needs a decode-time
+  `Selection` that gathers the cache of the layers from K on.
+
+`DyRate(rate=r)` replaces the predictor by a fixed rate: the FixedPrune (FP) ablation, and rate 0 is the
+acceptance check (generation equals the unpruned model's). `DepthPrune` is the DP ablation (§6.4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from common import spans as S
+from common.attention import AttentionSlice, CapturedAttention
+from common.baselines.fastv import topk_stable
+from common.reduction import DecodeContext, Needs, ReductionContext, Reducer, Selection
+from common.registry import register
+from papers.dyrate.analysis import type_shares
+from papers.dyrate.predictor import RatePredictor, kept_count
+
+Mode = Literal["recompute", "mask", "drop"]
+MODES: tuple[str, ...] = ("recompute", "mask", "drop")
+LAST_ROW = AttentionSlice(queries="last", keys="all")  # shares need every key; ranking uses the visual ones
+
+
+def step_features(att: CapturedAttention, key_kinds: torch.Tensor) -> torch.Tensor:
+    """a_t of §4.3 from a captured last-row slice: [B, H, 1, K] -> [B, 4H] (head-major)."""
+    sh = type_shares(att.values, key_kinds, att.k_valid)[:, :, -1]  # [B, H, 4]
+    return sh.reshape(sh.shape[0], -1)
+
+
+def visual_scores(att: CapturedAttention, key_kinds: torch.Tensor) -> list[torch.Tensor]:
+    """FastV's s_j = mean_h A[h, last, j] over the visual keys, per sample in position order: [N_b] each."""
+    mean = att.values[:, :, -1].mean(1)  # [B, K]
+    return [mean[b][(key_kinds[b] == S.VISUAL) & att.k_valid[b]] for b in range(mean.shape[0])]
+
+
+@dataclass
+class StepRecord:
+    """One generation step of one batch: what DyRate decided."""
+
+    step: int  # 0-based generation step (0 predicts the first response token)
+    rates: list[float]  # R_t per sample
+    kept: list[torch.Tensor]  # per sample, original visual indices that layers >= K see
+    probs: torch.Tensor | None = None  # [B, C] predictor probabilities (None for a fixed rate)
+
+
+@dataclass
+class Trace:
+    """Steps of the current generation (reset when a new prompt starts)."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def rates(self) -> torch.Tensor:
+        """[B, T] rate per sample and step."""
+        return torch.tensor([s.rates for s in self.steps]).T
+
+
+@register("dyrate")
+class DyRate(Reducer):
+    """Per-step visual-token pruning rate from the attention distribution (see the module docstring).
+
+    Args:
+        K: pruning layer (tokens entering layer K, 0-based; layer K-1's attention scores). Default 2.
+        predictor: a trained `RatePredictor`, or a folder holding one (`RatePredictor.load`).
+        rate: a fixed rate instead of a predictor (FixedPrune; 0 keeps everything).
+        mode: "recompute" (default), "mask" or "drop" (KV-cache modes, module docstring).
+    """
+
+    def __init__(self, K: int = 2, predictor: RatePredictor | str | Path | None = None, rate: float | None = None,
+                 mode: Mode = "recompute"):
+        if not isinstance(K, int) or K < 1:
+            raise ValueError(f"K: DyRate reads layer K-1's attention, so K >= 1; got {K!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if (predictor is None) == (rate is None):
+            raise ValueError("predictor/rate: give exactly one (a trained predictor, or a fixed rate)")
+        if rate is not None and not 0.0 <= float(rate) <= 1.0:
+            raise ValueError(f"rate: must lie in [0, 1], got {rate}")
+        if isinstance(predictor, (str, Path)):
+            predictor = RatePredictor.load(predictor)
+        if predictor is not None:
+            if not isinstance(predictor, RatePredictor):
+                raise TypeError(f"predictor: expected a RatePredictor, got {type(predictor).__name__}")
+            if predictor.K != K:
+                raise ValueError(f"K: the predictor was trained for K={predictor.K}, got K={K}")
+        self.K, self.predictor, self.rate, self.mode = K, predictor, rate, mode
+        self.layers = () if mode == "mask" else (K,)
+        self.decode_layers = () if mode == "recompute" else (K,)
+        self.needs = Needs(attention=None if mode == "mask" else LAST_ROW,
+                           decode_attention=None if mode == "recompute" else LAST_ROW)
+        self.trace = Trace()
+        self._still_kept: list[torch.Tensor] = []  # drop mode: original indices still in play
+
+    def config(self) -> dict[str, Any]:
+        """For cache keys (`common.evaluation.describe_reducer`): the predictor's weights included."""
+        pred = None
+        if self.predictor is not None:
+            pred = {"config": self.predictor.config(),
+                    "weights": [round(float(x), 6) for p in self.predictor.parameters() for x in p.detach().flatten()]}
+        return {"K": self.K, "mode": self.mode, "rate": self.rate, "predictor": pred}
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """`generate()` arguments the mode needs: recompute mode runs without a KV cache."""
+        return {"use_cache": False} if self.mode == "recompute" else {}
+
+    # ---- the decision, shared by every mode
+    def decide(self, att: CapturedAttention, key_kinds: torch.Tensor) -> tuple[list[float], torch.Tensor | None,
+                                                                                   list[torch.Tensor]]:
+        """(R_t per sample, predictor probabilities [B, C] or None, FastV scores per sample [N_b])."""
+        scores = visual_scores(att, key_kinds)
+        if self.predictor is None:
+            return [float(self.rate)] * len(scores), None, scores
+        a = step_features(att, key_kinds)
+        with torch.no_grad():
+            logits = self.predictor(a)
+        rates = self.predictor.rate_tensor()[logits.argmax(-1).cpu()].tolist()
+        return rates, torch.softmax(logits.float(), -1).cpu(), scores
+
+    def _record(self, step: int, rates, kept, probs) -> None:
+        if step == 0:
+            self.trace = Trace()
+        self.trace.steps.append(StepRecord(step, list(rates), [k.cpu() for k in kept], probs))
+
+    # ---- prefill (recompute: every step; drop: step 1)
+    def select(self, ctx: ReductionContext) -> Selection:
+        att = ctx.attention
+        key_kinds = ctx.kinds.gather(1, att.k_index)
+        rates, probs, scores = self.decide(att, key_kinds)
+        keep = [topk_stable(scores[b], kept_count(scores[b].numel(), rates[b])) for b in range(ctx.batch_size)]
+        step = int(ctx.spans[0].response[1] - ctx.spans[0].response[0])  # generated tokens so far
+        self._record(step, rates, [ctx.visual_orig[b][k] for b, k in enumerate(keep)], probs)
+        self._still_kept = [ctx.visual_orig[b][k] for b, k in enumerate(keep)]
+        return Selection(keep)
+
+    # ---- decode steps (mask, drop)
+    def on_decode_step(self, ctx: DecodeContext) -> list[torch.Tensor]:
+        att = ctx.attention
+        B = att.values.shape[0]
+        # layer K-1 is before the pruning layer, so its cache holds the whole prompt: original kinds + response
+        prompt = S.kinds_of(ctx.spans).to(att.k_index.device)
+        n_new = int(att.k_index.max()) + 1 - prompt.shape[1]
+        kinds = torch.cat([prompt, torch.full((B, max(n_new, 0)), S.RESPONSE, dtype=prompt.dtype,
+                                              device=prompt.device)], 1)
+        key_kinds = kinds.gather(1, att.k_index)
+        rates, probs, scores = self.decide(att, key_kinds)
+        if ctx.step == 0 and self.mode == "mask":  # step 1 ran dense (module docstring)
+            self._record(0, [0.0] * B, [torch.arange(s.numel()) for s in scores], None)
+        hide, kept = [], []
+        for b in range(B):
+            n = scores[b].numel()
+            vo = ctx.visual_orig[b]  # original indices of the visual keys in layer K's cache
+            if self.mode == "mask":
+                k = topk_stable(scores[b], kept_count(n, rates[b]))
+            else:  # drop: re-rank among the still-kept tokens, never grow back
+                alive = self._still_kept[b].to(scores[b].device)
+                n_keep = min(alive.numel(), kept_count(n, rates[b]))
+                k = alive[topk_stable(scores[b][alive], n_keep)]
+                self._still_kept[b] = k
+            hide.append(torch.nonzero(~torch.isin(vo, k.to(vo.device))).flatten())
+            kept.append(k)
+        self._record(ctx.step + 1, rates, kept, probs)
+        return hide
+
+
+class DepthPrune(Reducer):
+    """DepthBasedPrune (DP) ablation, dyrate.md §6.4 [R, a guess: the formula was lost]: from layer `start`
+    on, the pruned share grows linearly with depth, R'_l = min(1, R0 * l / start), ranked by FastV's rule
+    on the previous layer's last row. Kept counts only shrink (pruned tokens are gone)."""
+
+    name = "dyrate-dp"
+
+    def __init__(self, start: int, n_layers: int, R0: float):
+        if not isinstance(start, int) or not 1 <= start < n_layers:
+            raise ValueError(f"start: must be an int in [1, {n_layers}), got {start!r}")
+        if not 0.0 <= R0 <= 1.0:
+            raise ValueError(f"R0: must lie in [0, 1], got {R0}")
+        self.start, self.n_layers, self.R0 = start, n_layers, R0
+        self.layers = tuple(range(start, n_layers))
+        self.needs = Needs(attention=AttentionSlice(queries="last", keys="visual"))
+
+    def rate_at(self, layer: int) -> float:
+        return min(1.0, self.R0 * layer / self.start)
+
+    def select(self, ctx: ReductionContext) -> Selection:
+        s = ctx.attention.values[:, :, -1].mean(1)  # [B, Kmax] over this layer's visual tokens
+        keep = []
+        for b in range(ctx.batch_size):
+            n_now = ctx.n_visual[b]
+            n0 = int(ctx.spans[b].n_visual)
+            keep.append(topk_stable(s[b, :n_now], min(n_now, kept_count(n0, self.rate_at(ctx.layer)))))
+        return Selection(keep)
+
+    def rates_per_layer(self) -> list[float]:
+        return [0.0 if l < self.start else self.rate_at(l) for l in range(self.n_layers)]

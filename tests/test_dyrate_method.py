@@ -1,0 +1,162 @@
+"""The DyRate reducer (papers/dyrate/method.py) on tiny random LLaVAs: the acceptance check (rate 0 ==
+vanilla greedy), equivalences with FastV and with the training pass, the three KV-cache modes, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.baselines.fastv import FastV
+from common.models.tiny import make_batch, num_image_tokens, tiny_llava
+from common.reduction import reduce_tokens
+from common.registry import build_reducer
+from papers.dyrate.method import MODES, DepthPrune, DyRate
+from papers.dyrate.policy import policy_pass, teacher_batch
+from papers.dyrate.predictor import RatePredictor
+
+T = 6
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava(seed=0, num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    return make_batch(batch_size=3, n_image_tokens=num_image_tokens(model), seed=1)
+
+
+def _gen(model, batch, reducer=None, **kw):
+    ctx = reduce_tokens(model, reducer) if reducer is not None else None
+    kw = {**(reducer.generate_kwargs() if reducer is not None else {}), **kw}
+    with torch.no_grad():
+        if ctx is None:
+            return model.generate(**batch.inputs(), max_new_tokens=T, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True, **kw)
+        with ctx:
+            return model.generate(**batch.inputs(), max_new_tokens=T, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def vanilla(model, batch):
+    return _gen(model, batch)
+
+
+def _stepwise_predictor(step1_class=0, later_class=5):
+    """Class `step1_class` at step 1 (no response token yet), `later_class` once any response share exists."""
+    p = RatePredictor(4, K=2)
+    with torch.no_grad():
+        p.linear.bias[step1_class] = 1.0
+        p.linear.weight[later_class, 3::4] = 1000.0  # the response share of every head
+    return p
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rate_zero_is_vanilla_greedy(model, batch, vanilla, mode):
+    """Acceptance: rate 0 at every step generates exactly what the unpruned model generates."""
+    red = DyRate(K=2, rate=0.0, mode=mode)
+    out = _gen(model, batch, red)
+    assert torch.equal(out.sequences, vanilla.sequences)
+    assert red.trace.rates().shape == (3, T) and (red.trace.rates() == 0).all()
+
+
+def test_rate_zero_predictor_is_vanilla_greedy(model, batch, vanilla):
+    pred = RatePredictor(4, K=2)
+    with torch.no_grad():
+        pred.linear.bias[0] = 5.0
+    out = _gen(model, batch, DyRate(K=2, predictor=pred))
+    assert torch.equal(out.sequences, vanilla.sequences)
+
+
+def test_fixed_rate_recompute_equals_fastv_without_cache(model, batch):
+    """FastV re-pruning at every forward (its original no-cache form) == DyRate with a constant rate."""
+    ours = _gen(model, batch, DyRate(K=2, rate=0.5))
+    with reduce_tokens(model, FastV(K=2, ratio=0.5)), torch.no_grad():
+        ref = model.generate(**batch.inputs(), max_new_tokens=T, do_sample=False, use_cache=False,
+                             output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(ours.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(ours.logits), torch.stack(ref.logits), atol=1e-5, rtol=0)
+
+
+def test_rate_changes_per_step_and_is_recorded(model, batch, vanilla):
+    red = DyRate(K=2, predictor=_stepwise_predictor(0, 5))
+    out = _gen(model, batch, red)
+    rates = red.trace.rates()
+    assert (rates[:, 0] == 0).all() and (rates[:, 1:] == 0.5).all()
+    assert [s.step for s in red.trace.steps] == list(range(T))
+    assert all(k.numel() == 8 for s in red.trace.steps[1:] for k in s.kept)  # 16 visual tokens, half kept
+    assert torch.equal(out.logits[0], vanilla.logits[0])  # step 1 unpruned
+    assert not torch.allclose(out.logits[1], vanilla.logits[1])
+
+
+def test_policy_pass_equals_mask_mode_generation(model, batch):
+    """§5.2 (B): the single teacher-forced pass with per-row masks == mask-mode KV-cache generation."""
+    pred = _stepwise_predictor(0, 5)
+    red = DyRate(K=2, predictor=pred, mode="mask")
+    out = _gen(model, batch, red)
+    P = batch.input_ids.shape[1]
+    tb = teacher_batch(batch.input_ids, batch.attention_mask, batch.pixel_values,
+                       [out.sequences[i, P:] for i in range(3)], batch.image_token_id)
+    with torch.no_grad():
+        po = policy_pass(model, tb, pred, hard=True, eps=0.0)
+    torch.testing.assert_close(po.logits, torch.stack(out.logits, 1), atol=1e-4, rtol=0)
+    assert torch.equal(pred.rate_tensor()[po.y.argmax(-1)], red.trace.rates())
+
+
+def test_mask_mode_hides_and_keeps_cache(model, batch):
+    red = DyRate(K=2, rate=0.75, mode="mask")
+    with reduce_tokens(model, red) as st, torch.no_grad():
+        res = model.generate(**batch.inputs(), max_new_tokens=T, do_sample=False, return_dict_in_generate=True)
+    assert len(st.decode_hidden) == T - 1
+    assert all(len(h) == 12 for step in st.decode_hidden for h in step[2])  # 16 - 4 kept
+    assert res.past_key_values.get_seq_length(3) == batch.input_ids.shape[1] + T - 1
+    assert (red.trace.rates()[:, 0] == 0).all() and (red.trace.rates()[:, 1:] == 0.75).all()
+
+
+def test_drop_mode_never_grows_back(model, batch):
+    """Rates 0.5 then 0 then 0.75...: drop mode keeps min(previous, allowed) and nested kept sets."""
+    pred = RatePredictor(4, K=2)
+    with torch.no_grad():
+        pred.linear.weight.normal_(0, 40.0, generator=torch.Generator().manual_seed(2))
+    red = DyRate(K=2, predictor=pred, mode="drop")
+    with reduce_tokens(model, red) as st, torch.no_grad():
+        model.generate(**batch.inputs(), max_new_tokens=T, do_sample=False)
+    for b in range(3):
+        sets = [set(s.kept[b].tolist()) for s in red.trace.steps]
+        assert all(later <= earlier for earlier, later in zip(sets, sets[1:]))
+        allowed = [16 - int(r * 16) for r in red.trace.rates()[b].tolist()]
+        running = [min(allowed[: t + 1]) for t in range(T)]
+        assert [len(s) for s in sets] == running
+    assert st.kept_counts[2] == [len(red.trace.steps[0].kept[b]) for b in range(3)]  # step 1: physical drop
+
+
+def test_registered_and_configured():
+    red = build_reducer("dyrate", K=2, rate=0.5)
+    assert isinstance(red, DyRate) and red.layers == (2,) and red.generate_kwargs() == {"use_cache": False}
+    assert DyRate(K=2, rate=0.5, mode="mask").layers == () and DyRate(K=2, rate=0.5, mode="mask").decode_layers == (2,)
+    cfg = DyRate(K=2, predictor=RatePredictor(4, K=2)).config()
+    assert cfg["predictor"]["config"]["n_heads"] == 4 and len(cfg["predictor"]["weights"]) == 4 * 4 * 10 + 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(K=0, rate=0.5), "K"),
+    (dict(K=2, rate=0.5, mode="cache"), "mode"),
+    (dict(K=2), "exactly one"),
+    (dict(K=2, rate=0.5, predictor=RatePredictor(4, K=2)), "exactly one"),
+    (dict(K=3, predictor=RatePredictor(4, K=2)), "K=2"),
+    (dict(K=2, rate=1.5), "rate"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DyRate(**kwargs)
+
+
+def test_depth_prune_schedule(model, batch):
+    dp = DepthPrune(start=1, n_layers=4, R0=0.25)
+    assert dp.rates_per_layer() == [0.0, 0.25, 0.5, 0.75]
+    with reduce_tokens(model, dp) as st, torch.no_grad():
+        model(**batch.inputs())
+    assert [st.kept_counts[l][0] for l in (1, 2, 3)] == [12, 8, 4]
+    with pytest.raises(ValueError, match="start"):
+        DepthPrune(start=0, n_layers=4, R0=0.2)
