@@ -1,0 +1,333 @@
+"""Training ATP modules on ToyWorld (spec §3.10 and §4, at toy scale): task loss + budget penalties.
+
+    python -m papers.atp.train --budget 144 --decoder frozen      # -> checkpoints/atp-toy-144-frozen/
+
+Objective (Eq. 14): L = L_ntp + lambda_ATP * L_ATP (Eq. 12) + lambda_target * |N_bar - N_target| (Eq. 13), with
+soft masks inside the decoder's attention (`papers.atp.module.soft_atp`). N_target keeps the paper's fraction
+of visual tokens: 144/576 = 25 % ("144") and 88/576 = 15.3 % ("88"). Two regimes (Table 3): `frozen` trains
+only the ATP modules; `finetune` also trains the language decoder (paper: lr 2e-5 LLM, 1e-4 ATP; we use larger
+rates because we take far fewer steps). `fixed_keep` trains the Table 2 fixed-ratio baselines: the same
+module ranks tokens by S_red and discards all but the top c_k (hard masks), and the decoder is fine-tuned.
+
+A run is deterministic given its config (seeded init, seeded ToyWorld stream). The checkpoint folder holds
+`atp.safetensors` (a few hundred kB), `card.json` (config, steps, loss curve summary, achieved average
+tokens measured with `common.flops` on validation images) and, for `finetune`, `decoder.safetensors`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+from common import flops as F
+from common import spans as S
+from common.attention import decoder_of
+from common.experiment import REPO_ROOT, TOY_CHECKPOINT
+from common.reduction import reduce_tokens
+from papers.atp.method import ATPReducer
+from papers.atp.module import (PAPER_ATP_LAYERS, ATPConfig, ATPModules, atp_layers, atp_loss, average_tokens_soft,
+                               load_atp, save_atp, soft_atp, target_loss)
+
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+TRAIN_FAMILIES = ("gqa", "pope", "textvqa", "count", "scene", "mc")  # single-image QA (no captions, no clips)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. `budget` is the paper's average token count of 576 (144 or 88, others allowed)."""
+
+    budget: int = 144
+    decoder: Literal["frozen", "finetune"] = "frozen"
+    steps: int = 300
+    batch_size: int = 16
+    lr_atp: float = 1e-3  # paper 1e-4 for one epoch of 665k samples; we take a few hundred steps
+    lr_llm: float = 1e-4  # paper 2e-5
+    lambda_atp: float = 0.05  # paper: in [0.01, 0.1]
+    lambda_target: float = 0.2  # paper
+    target_scale: Literal["tokens", "fraction"] = "tokens"  # A7: |N_bar - N_t| in tokens (literal) or / n_visual
+    seed: int = 0
+    data_seed: int = 0
+    families: tuple[str, ...] = TRAIN_FAMILIES
+    fixed_keep: tuple[int, ...] | None = None  # Table 2 fixed-ratio baseline (paper counts of 576)
+    paper_layers: tuple[int, ...] | None = None  # module positions of 32 (default: by budget, Table 2)
+    atp: dict = field(default_factory=dict)  # overrides of ATPConfig (tau, ste, use_rp, scores, positions ...)
+    n_val: int = 96  # validation images for the achieved-token measurement
+
+    def name(self) -> str:
+        """Checkpoint folder name, e.g. atp-toy-144-frozen, atp-toy-144-fixed-162-54-18, atp-toy-144-frozen-nosp."""
+        base = f"atp-toy-{self.budget}-"
+        base += ("fixed-" + "-".join(map(str, self.fixed_keep))) if self.fixed_keep else self.decoder
+        if self.paper_layers is not None:
+            base += "-at-" + "-".join(map(str, self.paper_layers))
+        tags = []
+        a = self.atp
+        if a.get("use_rp") is False:
+            tags.append("norp")
+        if a.get("use_sp") is False:
+            tags.append("nosp")
+        if a.get("positions") == "renumber":
+            tags.append("nopp")
+        if a.get("scores") in ("self", "cross"):
+            tags.append(f"{a['scores']}only")
+        if a.get("ste"):
+            tags.append("ste")
+        return base + "".join("-" + t for t in tags)
+
+
+def paper_layers_for(budget: int) -> tuple[int, ...]:
+    """Module positions: the 88 model's {1, 13, 25}, every other budget the 144 model's {4, 14, 24}."""
+    return PAPER_ATP_LAYERS[88] if budget == 88 else PAPER_ATP_LAYERS[144]
+
+
+def build_atp_config(cfg: TrainConfig, n_visual: int, n_layers: int) -> ATPConfig:
+    fixed = None
+    if cfg.fixed_keep is not None:  # paper counts of 576 -> this grid, same fraction (common.schedule)
+        from common.schedule import keep_count
+        fixed = tuple(keep_count(int(c), n_visual) for c in cfg.fixed_keep)
+    paper = cfg.paper_layers if cfg.paper_layers is not None else paper_layers_for(cfg.budget)
+    kw = dict(n_visual=n_visual, layers=atp_layers(tuple(paper), n_layers), n_layers=n_layers,
+              fixed_keep=fixed)
+    kw.update(cfg.atp)
+    return ATPConfig(**kw)
+
+
+# ------------------------------------------------------------------------------------------ batches
+@dataclass
+class TrainBatch:
+    """A teacher-forced batch: left-padded [pad][prompt][answer]; labels on answer tokens only."""
+
+    inputs: dict  # input_ids, attention_mask, pixel_values
+    labels: torch.Tensor  # [B, L], IGNORE except answer tokens
+    kinds: torch.Tensor  # [B, L] int8 (answers RESPONSE)
+
+
+def teacher_forced(vlm, samples) -> TrainBatch:
+    """Prompt (from `vlm.build_inputs`) + answer tokens (`vlm.answer_ids(sample)`, else the tokenizer) + EOS."""
+    prompt = dict(vlm.build_inputs(samples))
+    ids, am = prompt["input_ids"], prompt["attention_mask"]
+    rows, lab = [], []
+    for b, s in enumerate(samples):
+        p = ids[b, am[b].bool()]
+        a = torch.as_tensor(_answer_ids(vlm, s), dtype=torch.long)
+        rows.append(torch.cat([p, a]))
+        lab.append(torch.cat([torch.full((p.numel(),), IGNORE), a]))
+    L = max(r.numel() for r in rows)
+    pad = _pad_id(vlm)
+    new_ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    new_am = torch.zeros(len(rows), L, dtype=torch.long)
+    labels = torch.full((len(rows), L), IGNORE, dtype=torch.long)
+    for b, (r, y) in enumerate(zip(rows, lab)):
+        new_ids[b, L - r.numel():] = r
+        new_am[b, L - r.numel():] = 1
+        labels[b, L - r.numel():] = y
+    kinds = S.kinds_of(S.compute_spans(new_ids, new_am, vlm.image_token_id), L)
+    kinds[labels != IGNORE] = S.RESPONSE
+    prompt.update(input_ids=new_ids, attention_mask=new_am)
+    return TrainBatch(prompt, labels, kinds)
+
+
+def _answer_ids(vlm, sample) -> list[int]:
+    if hasattr(vlm, "answer_ids"):
+        return list(vlm.answer_ids(sample))
+    tok = vlm.tokenizer
+    ids = tok(" " + sample.answer, add_special_tokens=False)["input_ids"]
+    return list(ids) + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+
+
+def _pad_id(vlm) -> int:
+    tok = getattr(vlm, "tokenizer", None)
+    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
+    return int(pid if pid is not None else vlm.model.generation_config.pad_token_id or 0)
+
+
+def toy_batches(vlm, cfg: TrainConfig) -> Iterator[TrainBatch]:
+    from common.data.toyworld import toyworld_stream
+
+    stream = toyworld_stream(seed=cfg.data_seed, families=cfg.families, grid=_grid_of(vlm))
+    while True:
+        yield teacher_forced(vlm, [next(stream) for _ in range(cfg.batch_size)])
+
+
+def _grid_of(vlm) -> int:
+    return math.isqrt(int(vlm.num_visual_tokens))
+
+
+# -------------------------------------------------------------------------------------------- training
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on answer tokens (L_ntp)."""
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                       ignore_index=IGNORE)
+
+
+def n_target_of(cfg: TrainConfig, n_visual: int) -> float:
+    """The budget's token count at this grid (same fraction of visual tokens as `budget` of 576)."""
+    return cfg.budget / 576 * n_visual
+
+
+def train_atp(model: nn.Module, batches: Iterator[TrainBatch], cfg: TrainConfig, atp_cfg: ATPConfig,
+              log: Callable[[str], None] = print) -> tuple[ATPModules, list[dict]]:
+    """Train ATP modules (and the decoder for `finetune` / fixed-ratio runs) in place; returns (modules, log rows)."""
+    torch.manual_seed(cfg.seed)
+    atp = ATPModules(atp_cfg).to(next(model.parameters()).device)
+    dec = decoder_of(model)
+    tune_llm = cfg.decoder == "finetune" or cfg.fixed_keep is not None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = []
+    if atp_cfg.fixed_keep is None:
+        groups.append({"params": list(atp.parameters()), "lr": cfg.lr_atp})
+    if tune_llm:
+        for p in dec.parameters():
+            p.requires_grad_(True)
+        groups.append({"params": [p for p in dec.parameters()], "lr": cfg.lr_llm})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 20)) * 0.5 * (
+        1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))  # LLaVA-1.5: warmup 3-5 %, cosine
+    n_target = n_target_of(cfg, atp_cfg.n_visual)
+    scale = 1.0 if cfg.target_scale == "tokens" else 1.0 / atp_cfg.n_visual
+    model.train(tune_llm)
+    atp.train()
+    rows = []
+    t0 = time.time()
+    for step in range(cfg.steps):
+        tb = next(batches)
+        with soft_atp(model, atp, tb.kinds) as ss:
+            logits = model(**tb.inputs).logits
+        l_ntp = task_loss(logits, tb.labels)
+        loss = l_ntp
+        if atp_cfg.fixed_keep is None:
+            l_atp = atp_loss(ss.masks, atp_cfg)
+            l_tgt = target_loss(ss.masks, atp_cfg, n_target) * scale
+            loss = loss + cfg.lambda_atp * l_atp + cfg.lambda_target * l_tgt
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            avg = float(average_tokens_soft(ss.masks, atp_cfg).mean())
+            hard = [float((g > 0.5).float().sum(-1).mean()) for g in ss.masks]
+            th = [(float(d.theta_r.mean()), float(d.theta_s.mean())) for d in ss.decisions]
+        row = {"step": step, "loss": float(loss.detach()), "ntp": float(l_ntp.detach()), "avg_tokens_soft": avg, "kept_hard": hard,
+               "theta": th}
+        rows.append(row)
+        if step % 25 == 0 or step == cfg.steps - 1:
+            log(f"step {step:4d} loss {row['loss']:.3f} ntp {row['ntp']:.3f} avg {avg:.1f}/{n_target:.1f} "
+                f"kept {[round(h, 1) for h in hard]} theta {[(round(a, 3), round(b, 3)) for a, b in th]} "
+                f"({time.time() - t0:.0f}s)")
+    model.eval()
+    atp.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return atp, rows
+
+
+# ------------------------------------------------------------------------------------------ measurement
+@torch.no_grad()
+def measure_tokens(model: nn.Module, atp: ATPModules, batches: Sequence[dict], image_token_id: int) -> dict:
+    """Hard-pruned prefill over `batches` of prompt inputs: per-instance kept counts and all-layer averages
+    (computed with `common.flops`, the function behind the Table 2 golden numbers) plus thresholds."""
+    cfg = atp.config
+    red = ATPReducer(modules=atp, record=True)
+    kept, avgs = [], []
+    for inputs in batches:
+        with reduce_tokens(model, red, image_token_id=image_token_id) as st:
+            model(**inputs)
+        for b in range(inputs["input_ids"].shape[0]):
+            c = [st.kept_counts[l][b] for l in cfg.layers]
+            kept.append(c)
+            avgs.append(F.average_visual_tokens(F.visual_tokens_per_layer(cfg.n_visual, cfg.layers, c,
+                                                                          cfg.n_layers), cfg.n_layers))
+    decisions = [d for prefill in red.history for d in prefill]
+    theta = {l: {"theta_r": torch.cat([d.theta_r for d in decisions if d.layer == l]).tolist(),
+                 "theta_s": torch.cat([d.theta_s for d in decisions if d.layer == l]).tolist()} for l in cfg.layers}
+    return {"kept": kept, "avg_tokens": avgs, "mean_avg_tokens": sum(avgs) / len(avgs), "theta": theta}
+
+
+def save_run(folder: Path, atp: ATPModules, model: nn.Module, cfg: TrainConfig, rows: list[dict], measured: dict,
+             extra: dict) -> None:
+    """Checkpoint folder: ATP weights + card; the decoder too when it was trained."""
+    from safetensors.torch import save_file
+
+    n_target = n_target_of(cfg, atp.config.n_visual)
+    card = {
+        "train": asdict(cfg), "n_target": n_target, "steps": cfg.steps,
+        "final": rows[-1] if rows else None,
+        "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]] if rows else None,
+        "achieved_avg_tokens": measured["mean_avg_tokens"],
+        "achieved_rel_error": measured["mean_avg_tokens"] / n_target - 1 if n_target else None,
+        "mean_kept": [sum(c[k] for c in measured["kept"]) / len(measured["kept"]) for k in range(len(atp.config.layers))],
+        **extra,
+    }
+    save_atp(atp, folder, card)
+    if cfg.decoder == "finetune" or cfg.fixed_keep is not None:
+        dec = decoder_of(model)
+        save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(folder / "decoder.safetensors"))
+    (folder / "train_log.json").write_text(json.dumps(rows) + "\n")
+
+
+def load_run(folder: Path | str, vlm) -> tuple[ATPModules, dict]:
+    """ATP modules of a run, and the run's decoder weights loaded into `vlm` (if the run trained them)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    atp, card = load_atp(folder)
+    if (folder / "decoder.safetensors").exists():
+        decoder_of(vlm.model).load_state_dict(load_file(str(folder / "decoder.safetensors")))
+    return atp, card
+
+
+def run(cfg: TrainConfig, out: Path | None = None, base: Path = TOY_CHECKPOINT) -> Path:
+    """Train one configuration on the toy model and write its checkpoint folder; returns the folder."""
+    from common.data.toyworld import toyworld_split
+    from common.experiment import load_vlm
+
+    t0 = time.time()
+    vlm = load_vlm("toy", base)
+    model = vlm.model
+    n_layers = len(decoder_of(model).layers)
+    atp_cfg = build_atp_config(cfg, int(vlm.num_visual_tokens), n_layers)
+    atp, rows = train_atp(model, toy_batches(vlm, cfg), cfg, atp_cfg)
+    val = toyworld_split("val", cfg.n_val, seed=cfg.data_seed, families=cfg.families, grid=_grid_of(vlm))
+    batches = [dict(vlm.build_inputs(val[i:i + 16])) for i in range(0, len(val), 16)]
+    measured = measure_tokens(model, atp, batches, vlm.image_token_id)
+    folder = out or CHECKPOINTS / cfg.name()
+    from common.artifacts import file_sha256
+    base_hash = file_sha256(next(Path(base).glob("*.safetensors"))) if Path(base).is_dir() else None
+    save_run(folder, atp, model, cfg, rows, measured, {"base_checkpoint": str(base), "base_sha256": base_hash,
+                                                        "wall_time_s": round(time.time() - t0, 1)})
+    print(f"{folder.name}: achieved {measured['mean_avg_tokens']:.2f} tokens vs target "
+          f"{n_target_of(cfg, atp_cfg.n_visual):.2f} in {time.time() - t0:.0f}s")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="train ATP modules on ToyWorld")
+    p.add_argument("--budget", type=int, default=144)
+    p.add_argument("--decoder", choices=("frozen", "finetune"), default="frozen")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--fixed-keep", type=int, nargs="+", help="fixed-ratio baseline: paper counts of 576")
+    p.add_argument("--paper-layers", type=int, nargs="+", help="module positions of 32 (default: by budget)")
+    p.add_argument("--atp", default="{}", help="JSON overrides of ATPConfig, e.g. '{\"use_sp\": false}'")
+    p.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
+    a = p.parse_args(argv)
+    cfg = TrainConfig(budget=a.budget, decoder=a.decoder, steps=a.steps,
+                      fixed_keep=tuple(a.fixed_keep) if a.fixed_keep else None,
+                      paper_layers=tuple(a.paper_layers) if a.paper_layers else None, atp=json.loads(a.atp))
+    folder = CHECKPOINTS / cfg.name()
+    if (folder / "card.json").exists() and not a.force:
+        print(f"{folder} exists; --force retrains")
+        return 0
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""ATP experiments: registered targets, transcribed paper numbers (checked against the spec's arithmetic and
+common.flops), and the row/budget helpers. The targets themselves need the toy checkpoint (make atp-*)."""
+import pytest
+
+from common import flops as F
+from common.experiment import ARTIFACTS, _import_all_experiments
+from papers.atp import reported as R
+from papers.atp.experiments import fastv_keep_for_average, score_row
+
+
+def test_all_targets_registered():
+    _import_all_experiments()
+    want = {f"atp-table{i}" for i in range(1, 7)} | {"atp-fig2", "atp-fig4", "atp-ratios"}
+    assert want <= set(ARTIFACTS)
+    assert ARTIFACTS["atp-fig4"].kind == "figure" and ARTIFACTS["atp-table3"].kind == "table"
+
+
+def test_table2_averages_reproduce_with_common_flops():
+    for _, tokens, _, layers, kept, _ in R.TABLE2[1:]:
+        avg = F.average_visual_tokens(F.visual_tokens_per_layer(576, list(layers), list(kept), 32), 32)
+        assert avg == R.TABLE2_EXACT_AVG[tuple(kept)] and abs(avg - tokens) < 0.5
+
+
+def test_transcribed_means_match_the_spec():
+    # atp.md §7.2-7.5: four-benchmark means
+    assert R.mean(R.TABLE2[4][5]) == pytest.approx(64.80) and R.mean(R.TABLE2[1][5]) == pytest.approx(60.125)
+    assert R.mean(R.TABLE3["Frozen"]) == pytest.approx(62.775)
+    assert [round(R.mean(v), 3) for v in R.TABLE4.values()] == [64.8, 63.8, 62.675, 63.75]
+    assert round(R.mean(R.TABLE5["both"]) - R.mean(R.TABLE5["self only"]), 3) == 0.425
+    # Table 1: ATP-144's retention printed 98.1; the mean of its per-benchmark retentions is 98.0 (A17)
+    up, atp = R.TABLE1[("LLaVA-1.5", 576)], R.TABLE1[("ATP-LLaVA", 144)]
+    assert round(sum(a / u for a, u in zip(atp, up)) / 7 * 100, 1) == 98.0
+    # Table 6: storage = 0.525 MB x tokens
+    for (name, tok), (_, mb, _, _) in R.TABLE6.items():
+        assert mb == pytest.approx(F.kv_cache_mb(tok, mb_per_token=F.PAPER_KV_MB_PER_TOKEN))
+
+
+def test_fastv_keep_for_average():
+    assert fastv_keep_for_average(144, 576, 2, 32) == 115  # atp.md §9: 115.2
+    assert fastv_keep_for_average(48, 144, 1, 8) == 34  # (384 - 144) / 7 = 34.3
+    with pytest.raises(ValueError, match="avg"):
+        fastv_keep_for_average(10, 144, 4, 8)
+
+
+class _Res:
+    def __init__(self, scores, tokens):
+        self.metrics = {f: {"score": v} for f, v in scores.items()}
+        self.visual_tokens = tokens
+
+
+def test_score_row_retention_and_paper_equivalent_tokens():
+    up = _Res({"gqa": 80.0, "count": 50.0}, 144)
+    res = _Res({"gqa": 60.0, "count": 50.0}, 36)
+    row = score_row("x", res, up, 144)
+    assert row["paper-equiv. tokens"] == 144.0 and row["mean"] == 55.0 and row["retention %"] == 87.5

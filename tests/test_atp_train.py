@@ -1,0 +1,78 @@
+"""ATP training loop (papers/atp/train.py) on a tiny random LLaVA: the budget loss drives the token count to
+the target, runs are deterministic, `frozen` leaves the decoder untouched and `finetune` trains it."""
+import itertools
+
+import pytest
+import torch
+
+from common import spans as S
+from common.attention import decoder_of
+from common.models.tiny import make_batch, tiny_llava
+from papers.atp.module import ATPConfig
+from papers.atp.train import IGNORE, TrainBatch, TrainConfig, build_atp_config, measure_tokens, n_target_of, train_atp
+
+
+def tiny_batches(seed=0):
+    for i in itertools.count():
+        b = make_batch(4, n_image_tokens=16, seed=seed + i)
+        ans = torch.randint(3, 100, (4, 2), generator=torch.Generator().manual_seed(i))
+        ids = torch.cat([b.input_ids, ans], 1)
+        am = torch.cat([b.attention_mask, torch.ones(4, 2, dtype=torch.long)], 1)
+        labels = torch.full_like(ids, IGNORE)
+        labels[:, -2:] = ans
+        kinds = S.kinds_of(S.compute_spans(ids, am, b.image_token_id))
+        kinds[:, -2:] = S.RESPONSE
+        yield TrainBatch({"input_ids": ids, "attention_mask": am, "pixel_values": b.pixel_values}, labels, kinds)
+
+
+def cfg_for(**kw):
+    base = dict(budget=144, steps=40, lr_atp=3e-2, lr_llm=1e-3, atp={"hidden": 16, "tau": 20.0})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run_tiny(cfg):
+    model = tiny_llava(num_layers=8)
+    atp_cfg = build_atp_config(cfg, 16, 8)
+    atp, rows = train_atp(model, tiny_batches(), cfg, atp_cfg, log=lambda s: None)
+    return model, atp, rows
+
+
+def test_build_config_maps_layers_and_budgets():
+    cfg = build_atp_config(TrainConfig(budget=88), 144, 8)
+    assert cfg.layers == (1, 3, 6) and n_target_of(TrainConfig(budget=88), 144) == pytest.approx(22.0)
+    fixed = build_atp_config(TrainConfig(fixed_keep=(162, 54, 18)), 144, 8)
+    assert fixed.fixed_keep == (41, 14, 5) and fixed.layers == (1, 4, 6)
+    assert TrainConfig(fixed_keep=(162, 54, 18)).name() == "atp-toy-144-fixed-162-54-18"
+    assert TrainConfig(atp={"use_sp": False}).name() == "atp-toy-144-frozen-nosp"
+
+
+def test_budget_loss_reaches_target_and_frozen_decoder_is_untouched():
+    model, atp, rows = run_tiny(cfg_for())
+    ref = tiny_llava(num_layers=8)
+    for a, b in zip(decoder_of(model).parameters(), decoder_of(ref).parameters()):
+        assert torch.equal(a, b)
+    target = n_target_of(cfg_for(), 16)  # 4 tokens of 16
+    first, last = rows[0]["avg_tokens_soft"], sum(r["avg_tokens_soft"] for r in rows[-5:]) / 5
+    assert abs(last - target) < 0.5 * abs(first - target)
+    b = next(tiny_batches(99))
+    prompt = {k: v[:, :-2] if k != "pixel_values" else v for k, v in b.inputs.items()}
+    m = measure_tokens(model, atp, [prompt], 127)
+    assert len(m["avg_tokens"]) == 4 and set(m["theta"]) == set(atp.config.layers)
+
+
+def test_training_is_deterministic_and_finetune_moves_the_decoder():
+    cfg = cfg_for(steps=5, decoder="finetune")
+    m1, a1, r1 = run_tiny(cfg)
+    m2, a2, r2 = run_tiny(cfg)
+    assert [r["loss"] for r in r1] == [r["loss"] for r in r2]
+    for p, q in zip(a1.parameters(), a2.parameters()):
+        assert torch.equal(p, q)
+    ref = tiny_llava(num_layers=8)
+    assert any(not torch.equal(a, b) for a, b in zip(decoder_of(m1).parameters(), decoder_of(ref).parameters()))
+
+
+def test_fixed_ratio_training_keeps_fixed_counts():
+    cfg = cfg_for(steps=3, fixed_keep=(288, 144, 72))
+    model, atp, rows = run_tiny(cfg)
+    assert rows[-1]["kept_hard"] == [8.0, 4.0, 2.0]
