@@ -160,3 +160,13 @@ def test_depth_prune_schedule(model, batch):
     assert [st.kept_counts[l][0] for l in (1, 2, 3)] == [12, 8, 4]
     with pytest.raises(ValueError, match="start"):
         DepthPrune(start=0, n_layers=4, R0=0.2)
+
+
+def test_trace_shares_are_the_analysis_shares(model, batch):
+    """The predictor's features are `analysis.generation_shares` of layer K-1 (same function, same rows)."""
+    from papers.dyrate.analysis import generation_shares
+
+    red = DyRate(K=2, rate=0.0)
+    _gen(model, batch, red)
+    ref = generation_shares(model, batch.inputs(), max_new_tokens=T, layers=[1]).head_mean()[:, :, 0]
+    torch.testing.assert_close(red.trace.shares(), torch.as_tensor(ref), atol=1e-5, rtol=0)

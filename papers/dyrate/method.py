@@ -69,6 +69,7 @@ class StepRecord:
     rates: list[float]  # R_t per sample
     kept: list[torch.Tensor]  # per sample, original visual indices that layers >= K see
     probs: torch.Tensor | None = None  # [B, C] predictor probabilities (None for a fixed rate)
+    shares: torch.Tensor | None = None  # [B, H, 4] the step's attention shares at layer K-1 (the features)
 
 
 @dataclass
@@ -80,6 +81,12 @@ class Trace:
     def rates(self) -> torch.Tensor:
         """[B, T] rate per sample and step."""
         return torch.tensor([s.rates for s in self.steps]).T
+
+    def shares(self) -> torch.Tensor:
+        """[B, T, 4] head-mean attention shares of layer K-1 per step (NaN where not recorded)."""
+        rows = [s.shares.mean(1) if s.shares is not None else torch.full((len(s.rates), 4), float("nan"))
+                for s in self.steps]
+        return torch.stack(rows, 1)
 
 
 @register("dyrate")
@@ -135,18 +142,19 @@ class DyRate(Reducer):
                                                                                    list[torch.Tensor]]:
         """(R_t per sample, predictor probabilities [B, C] or None, FastV scores per sample [N_b])."""
         scores = visual_scores(att, key_kinds)
+        a = step_features(att, key_kinds)
+        self._last_shares = a.reshape(a.shape[0], -1, 4).float().cpu()
         if self.predictor is None:
             return [float(self.rate)] * len(scores), None, scores
-        a = step_features(att, key_kinds)
         with torch.no_grad():
             logits = self.predictor(a)
         rates = self.predictor.rate_tensor()[logits.argmax(-1).cpu()].tolist()
         return rates, torch.softmax(logits.float(), -1).cpu(), scores
 
-    def _record(self, step: int, rates, kept, probs) -> None:
+    def _record(self, step: int, rates, kept, probs, shares=None) -> None:
         if step == 0:
             self.trace = Trace()
-        self.trace.steps.append(StepRecord(step, list(rates), [k.cpu() for k in kept], probs))
+        self.trace.steps.append(StepRecord(step, list(rates), [k.cpu() for k in kept], probs, shares))
 
     # ---- prefill (recompute: every step; drop: step 1)
     def select(self, ctx: ReductionContext) -> Selection:
@@ -155,7 +163,7 @@ class DyRate(Reducer):
         rates, probs, scores = self.decide(att, key_kinds)
         keep = [topk_stable(scores[b], kept_count(scores[b].numel(), rates[b])) for b in range(ctx.batch_size)]
         step = int(ctx.spans[0].response[1] - ctx.spans[0].response[0])  # generated tokens so far
-        self._record(step, rates, [ctx.visual_orig[b][k] for b, k in enumerate(keep)], probs)
+        self._record(step, rates, [ctx.visual_orig[b][k] for b, k in enumerate(keep)], probs, self._last_shares)
         self._still_kept = [ctx.visual_orig[b][k] for b, k in enumerate(keep)]
         return Selection(keep)
 
@@ -185,7 +193,7 @@ class DyRate(Reducer):
                 self._still_kept[b] = k
             hide.append(torch.nonzero(~torch.isin(vo, k.to(vo.device))).flatten())
             kept.append(k)
-        self._record(ctx.step + 1, rates, kept, probs)
+        self._record(ctx.step + 1, rates, kept, probs, self._last_shares)
         return hide
 
 
