@@ -187,9 +187,10 @@ def _decoding_kwargs(decoding: str) -> dict[str, Any]:
 def generate_records(ctx: Ctx, samples: Sequence[Sample], method: Method, max_new_tokens: int) -> list[dict]:
     """Per sample: prediction, steps run, prompt length, visual tokens and the rate at every step (cached)."""
     s = ctx.settings
-    key = _sha({"run": ctx.run_key, "data": hash_samples(samples), "method": asdict(method), "mnt": max_new_tokens,
+    what = {k: v for k, v in asdict(method).items() if k != "label"}  # the label is presentation only
+    key = _sha({"run": ctx.run_key, "data": hash_samples(samples), "method": what, "mnt": max_new_tokens,
                 "bs": s.batch_size, "v": 2})
-    path = Path(s.cache) / f"{method.label.replace(' ', '_').replace('/', '-')}-{key[:16]}.json"
+    path = Path(s.cache) / f"{method.kind}-{method.decoding}-{key[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
     vlm, model = ctx.vlm, ctx.vlm.model
@@ -210,16 +211,19 @@ def generate_records(ctx: Ctx, samples: Sequence[Sample], method: Method, max_ne
         n_prompt = inputs["attention_mask"].sum(1).tolist()
         n_vis = (inputs["input_ids"] == vlm.image_token_id).sum(1).tolist()
         trace = red.trace.rates() if isinstance(red, DyRate) else None
+        shares = red.trace.shares() if isinstance(red, DyRate) else None
         beams = trace.shape[0] // len(batch) if trace is not None else 1
         for b, smp in enumerate(batch):
+            rec = {"id": smp.id, "prediction": texts[b].strip(), "steps": steps[b], "n_prompt": int(n_prompt[b]),
+                   "n_visual": int(n_vis[b])}
             if trace is not None:  # beams: the mean over the sample's beams per step (approximate FLOPs)
                 r = trace[b * beams:(b + 1) * beams].mean(0)[: steps[b]].tolist()
+                rec["shares"] = shares[b * beams:(b + 1) * beams].mean(0)[: steps[b]].tolist()
             else:
                 r = [0.0 if method.kind in ("vanilla", "dp") else (1.0 if method.kind == "vtw" else method.rate)] \
                     * steps[b]
-            r += [r[-1] if r else 0.0] * (steps[b] - len(r))
-            records.append({"id": smp.id, "prediction": texts[b].strip(), "steps": steps[b],
-                            "n_prompt": int(n_prompt[b]), "n_visual": int(n_vis[b]), "rates": r})
+            rec["rates"] = r + [r[-1] if r else 0.0] * (steps[b] - len(r))
+            records.append(rec)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records))
     return records
@@ -499,44 +503,32 @@ def fig_attention(scale: str) -> None:
 @artifact("dyrate-fig-rate", kind="figure")
 def fig_rate(scale: str) -> None:
     """`make dyrate-fig-rate`: DyRate's predicted rate R_t per generation step (mean, band, a few samples) and
-    the image share of layer K-1 it reads, on the test captions."""
+    the image share of layer K-1 it reads, on the test captions (the records of `dyrate-table2`)."""
     from common.plots import apply_style, new_figure, plot_share_curves
 
     t0 = time.time()
     ctx = _ctx(scale)
-    vlm, s = ctx.vlm, ctx.settings
-    rates, img = [], []
-    for i in range(0, len(ctx.captions), s.batch_size):
-        batch = ctx.captions[i:i + s.batch_size]
-        inputs = dict(vlm.build_inputs(batch))
-        red = DyRate(K=s.K, predictor=ctx.predictor)
-        with torch.no_grad(), reduce_tokens(vlm.model, red, image_token_id=vlm.image_token_id):
-            out = vlm.model.generate(**inputs, max_new_tokens=s.caption_tokens, do_sample=False, use_cache=False)
-        eos = vlm.model.generation_config.eos_token_id
-        steps = _n_generated(out[:, inputs["input_ids"].shape[1]:], [eos] if isinstance(eos, int) else list(eos or []))
-        r = red.trace.rates().numpy()
-        sh = red.trace.shares()[..., TOKEN_TYPES.index("image")].numpy()
-        for b, n in enumerate(steps):
-            row_r, row_s = np.full(s.caption_tokens, np.nan), np.full(s.caption_tokens, np.nan)
-            row_r[:n], row_s[:n] = r[b, :n], sh[b, :n]
-            rates.append(row_r)
-            img.append(row_s)
-    rates, img = np.array(rates), np.array(img)
-    steps = np.arange(1, s.caption_tokens + 1)
+    _, recs, _, _ = _caption_run("dyrate")
+    T = ctx.settings.caption_tokens
+    rates, img = np.full((len(recs), T), np.nan), np.full((len(recs), T), np.nan)
+    for i, r in enumerate(recs):
+        rates[i, : r["steps"]] = r["rates"]
+        img[i, : r["steps"]] = np.asarray(r["shares"])[:, TOKEN_TYPES.index("image")]
+    steps = np.arange(1, T + 1)
     apply_style()
     fig, axes = new_figure(1, 2, height=3.0, width=9.0)
     plot_share_curves(steps, {"predicted rate R_t": rates}, ax=axes[0], ylabel="pruning rate")
     for row in rates[:5]:
         axes[0].plot(steps, row, lw=0.6, alpha=0.5, color="gray")
     axes[0].set_title("DyRate's rate over generation steps")
-    plot_share_curves(steps, {"image": img}, ax=axes[1], ylabel=f"image share, layer {s.K - 1}")
+    plot_share_curves(steps, {"image": img}, ax=axes[1], ylabel=f"image share, layer {ctx.settings.K - 1}")
     axes[1].set_title("what the predictor reads (image share)")
     save_figure(fig, OUT / "fig_rate", provenance=_prov(ctx, t0))
-    valid = ~np.isnan(rates)
-    corr = float(np.corrcoef(rates[valid], img[valid])[0, 1]) if valid.sum() > 2 and np.std(rates[valid]) > 0 else float("nan")
+    ok = ~np.isnan(rates)
+    corr = float(np.corrcoef(rates[ok], img[ok])[0, 1]) if ok.sum() > 2 and np.std(rates[ok]) > 0 else float("nan")
     write_table([{"rate slope/step": share_trend(rates), "image-share slope/step": share_trend(img),
                   "mean rate step 1": float(np.nanmean(rates[:, 0])), "mean rate": float(np.nanmean(rates)),
-                  "corr(rate, image share)": corr, "samples": len(rates)}],
+                  "corr(rate, image share)": corr, "samples": len(recs)}],
                 OUT / "fig_rate_trend", title=f"DyRate's predicted rate over generation steps, {ctx.model_desc}",
                 provenance=_prov(ctx, t0))
 
