@@ -51,3 +51,22 @@ def test_config_checks():
         TrainConfig(target=0.0)
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_argmax_calibration_meets_the_target(setup):
+    """The bias shift makes argmax inference on the training rows meet the target (to the grid's resolution)."""
+    from papers.dyrate.predictor import RatePredictor
+    from papers.dyrate.train import argmax_flops, calibrate_rate_bias, collect_features
+
+    vlm, caps = setup
+    dims = DecoderDims.from_config(vlm.model.config)
+    pred = RatePredictor(4, K=2)
+    with torch.no_grad():
+        pred.linear.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
+    feats, costs = collect_features(vlm, [make_teacher_batch(vlm, caps[:4], vlm._text_ids)], pred, dims)
+    lo, hi = argmax_flops(pred, feats, costs, 4, beta=50.0), argmax_flops(pred, feats, costs, 4, beta=-50.0)
+    target = (lo + hi) / 2
+    beta = calibrate_rate_bias(pred, feats, costs, 4, target)
+    got = argmax_flops(pred, feats, costs, 4)
+    assert got <= target and argmax_flops(pred, feats, costs, 4, beta=-1e-3) >= got
+    assert lo < target < hi and isinstance(beta, float)

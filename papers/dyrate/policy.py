@@ -171,6 +171,7 @@ class PassOutput:
     y: torch.Tensor  # [B, T, C] the rate one-hots used (straight-through in training)
     probs: torch.Tensor  # [B, T, C] predictor probabilities
     masks: list[torch.Tensor]  # per sample [T, N] selected keep-mask M_t (float, carries the gradient)
+    features: torch.Tensor  # [B, T, 4H] the predictor's input a_t per response row (detached)
 
 
 def policy_pass(model: nn.Module, batch: TeacherBatch, predictor: RatePredictor, *, tau: float = 1.0,
@@ -204,7 +205,7 @@ def policy_pass(model: nn.Module, batch: TeacherBatch, predictor: RatePredictor,
             M = torch.einsum("tc,tcn->tn", y[b], Mc)  # Eq. 5
             policy[b, rows[:, None], img[None, :]] = M
             masks.append(M)
-        out.update(y=y, probs=torch.softmax(logits.float(), -1), masks=masks)
+        out.update(y=y, probs=torch.softmax(logits.float(), -1), masks=masks, features=a.detach())
         return policy
 
     state = _PassState(K=K, make_policy=make_policy, eps=eps)
@@ -212,4 +213,4 @@ def policy_pass(model: nn.Module, batch: TeacherBatch, predictor: RatePredictor,
         res = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     pixel_values=batch.pixel_values, position_ids=batch.position_ids(), use_cache=False)
     logits = res.logits[:, rows]
-    return PassOutput(logits, out["y"], out["probs"], out["masks"])
+    return PassOutput(logits, out["y"], out["probs"], out["masks"], out["features"])

@@ -45,6 +45,7 @@ class TrainConfig:
     K: int = 2  # pruning layer (layers 0..K-1 see everything); FastV's "after layer 2"
     rates: tuple[float, ...] = DEFAULT_RATES
     target: float | None = None  # F_target; None = `toy_target` at the model's dimensions
+    calibrate: bool = True  # after training, shift the logits along the rate axis so ARGMAX meets the target
     lam: float = 5.0  # lambda_F (DiffRate's value)
     tau: float = 1.0  # Gumbel temperature
     lr: float = 1e-2
@@ -174,8 +175,66 @@ def train_predictor(vlm: Any, samples: Sequence[Sample], cfg: TrainConfig = Trai
             f"task {sum(h['task'] for h in last) / len(last):.4f} flops {sum(h['flops'] for h in last) / len(last):.4f}"
             f" (target {target:.4f}) rate {sum(h['rate'] for h in last) / len(last):.3f}")
     card = {"train": asdict(cfg), "target": target, "steps": step, "n_samples": len(samples),
-            "history": history, "train_time_s": round(time.time() - t0, 1)}
+            "history": history}
+    feats, costs = collect_features(vlm, batches, pred, dims)
+    card["argmax_flops_before_calibration"] = argmax_flops(pred, feats, costs, dims.n_layers)
+    if cfg.calibrate:
+        card["calibration_beta"] = calibrate_rate_bias(pred, feats, costs, dims.n_layers, target)
+        card["argmax_flops_after_calibration"] = argmax_flops(pred, feats, costs, dims.n_layers)
+        log(f"calibration: argmax FLOPs {card['argmax_flops_before_calibration']:.4f} -> "
+            f"{card['argmax_flops_after_calibration']:.4f} (beta {card['calibration_beta']:+.3f})")
+    card["train_time_s"] = round(time.time() - t0, 1)
     return pred.eval(), card
+
+
+# ----------------------------------------------------------------------------------- argmax calibration
+Costs = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per batch: dense [B, T], pruned [B, T, C], valid
+
+
+@torch.no_grad()
+def collect_features(vlm: Any, batches: Sequence[TeacherBatch], pred: RatePredictor, dims: DecoderDims,
+                     ) -> tuple[list[torch.Tensor], Costs]:
+    """The predictor's inputs a_t on every teacher-forced row (layers before K do not depend on the masks,
+    so one pass per batch gives them for any predictor) and the step costs."""
+    feats, costs = [], []
+    for tb in batches:
+        feats.append(policy_pass(vlm.model, tb, pred, hard=True).features)
+        costs.append((*batch_costs(tb, pred.rates, dims), tb.valid))
+    return feats, costs
+
+
+def argmax_flops(pred: RatePredictor, feats: Sequence[torch.Tensor], costs: Costs, n_layers: int,
+                 beta: float = 0.0) -> float:
+    """Relative FLOPs of argmax inference over the teacher-forced rows, with logits + beta * r_c."""
+    num = den = 0.0
+    shift = beta * pred.rate_tensor()
+    for a, (dense, pruned, valid) in zip(feats, costs):
+        with torch.no_grad():
+            c = (pred(a) + shift).argmax(-1)
+        y = F.one_hot(c, pred.n_classes).double()
+        late = (y * pruned).sum(-1)
+        num += float(((pred.K * dense + (n_layers - pred.K) * late) * valid).sum())
+        den += float((n_layers * dense * valid).sum())
+    return num / den
+
+
+def calibrate_rate_bias(pred: RatePredictor, feats: Sequence[torch.Tensor], costs: Costs, n_layers: int,
+                        target: float, iters: int = 40) -> float:
+    """Changed from the paper (which reports no such step): Gumbel sampling meets the FLOPs target in
+    expectation, but inference takes the argmax, which can land elsewhere. Bisect a shift beta of the logits
+    along the rate axis (b_c += beta r_c; the argmax FLOPs fall monotonically in beta) so that argmax
+    inference on the training rows meets the target, and fold it into the bias. Returns beta."""
+    lo, hi = -50.0, 50.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if argmax_flops(pred, feats, costs, n_layers, mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    beta = hi  # the smallest shift found whose FLOPs are at or below the target
+    with torch.no_grad():
+        pred.linear.bias += beta * pred.rate_tensor()
+    return beta
 
 
 def main(argv: list[str] | None = None) -> int:
