@@ -9,7 +9,8 @@ from common import spans as S
 from common.attention import decoder_of
 from common.models.tiny import make_batch, tiny_llava
 from papers.atp.module import ATPConfig
-from papers.atp.train import IGNORE, TrainBatch, TrainConfig, build_atp_config, measure_tokens, n_target_of, train_atp
+from common import flops as F
+from papers.atp.train import matched_fixed_counts, IGNORE, TrainBatch, TrainConfig, build_atp_config, measure_tokens, n_target_of, train_atp
 
 
 def tiny_batches(seed=0):
@@ -42,7 +43,11 @@ def test_build_config_maps_layers_and_budgets():
     cfg = build_atp_config(TrainConfig(budget=88), 144, 8)
     assert cfg.layers == (1, 3, 6) and n_target_of(TrainConfig(budget=88), 144) == pytest.approx(22.0)
     fixed = build_atp_config(TrainConfig(fixed_keep=(162, 54, 18)), 144, 8)
-    assert fixed.fixed_keep == (41, 14, 5) and fixed.layers == (1, 4, 6)
+    assert fixed.fixed_keep == (37, 12, 4) and fixed.layers == (1, 4, 6)  # average 36 = 144/576 of 144
+    avg = F.average_visual_tokens(F.visual_tokens_per_layer(144, [1, 4, 6], [37, 12, 4], 8), 8)
+    assert abs(avg - 36) / 36 < 0.02
+    assert matched_fixed_counts((162, 54, 18), (4, 14, 24), 576, 32, 144) == (162, 54, 18)  # Table 2 itself
+    assert matched_fixed_counts((130,), (1,), 576, 32, 143.9375) == (130,)
     assert TrainConfig(fixed_keep=(162, 54, 18)).name() == "atp-toy-144-fixed-162-54-18"
     assert TrainConfig(atp={"use_sp": False}).name() == "atp-toy-144-frozen-nosp"
 
@@ -75,4 +80,4 @@ def test_training_is_deterministic_and_finetune_moves_the_decoder():
 def test_fixed_ratio_training_keeps_fixed_counts():
     cfg = cfg_for(steps=3, fixed_keep=(288, 144, 72))
     model, atp, rows = run_tiny(cfg)
-    assert rows[-1]["kept_hard"] == [8.0, 4.0, 2.0]
+    assert rows[-1]["kept_hard"] == [float(c) for c in atp.config.fixed_keep] and atp.config.fixed_keep[0] < 16

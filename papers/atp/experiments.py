@@ -60,6 +60,12 @@ ABLATIONS_T5 = {
 }
 
 
+def all_runs() -> list[TrainConfig]:
+    """Every training run the targets use, main runs first (`python -m papers.atp.train --all`)."""
+    runs = [MAIN, FROZEN, MAIN_88, *FIXED.values(), *ABLATIONS_T4.values(), *ABLATIONS_T5.values()]
+    return list({c.name(): c for c in runs}.values())
+
+
 # ------------------------------------------------------------------------------------------- helpers
 @lru_cache(maxsize=1)
 def test_samples(n_per_family: int = N_PER_FAMILY):

@@ -87,13 +87,30 @@ def paper_layers_for(budget: int) -> tuple[int, ...]:
     return PAPER_ATP_LAYERS[88] if budget == 88 else PAPER_ATP_LAYERS[144]
 
 
+def matched_fixed_counts(paper_counts: Sequence[int], layers: Sequence[int], n_visual: int, n_layers: int,
+                         target_avg: float) -> tuple[int, ...]:
+    """Fixed-ratio schedule at this scale: the paper's stage-to-stage ratios (c_k / c_1), with c_1 chosen so the
+    all-layer average equals `target_avg` (how Table 2's rows were built at 32 layers, atp.md §6.1). Scaling the
+    paper's counts by 144/576 instead would miss the average, because the first module sits at a larger
+    fraction of a shallow decoder's depth."""
+    if len(paper_counts) != len(layers):
+        raise ValueError(f"paper_counts: expected one count per module layer {tuple(layers)}, got {paper_counts}")
+    ratios = [c / paper_counts[0] for c in paper_counts]
+    bounds = list(layers) + [n_layers]
+    weight = sum(r * (bounds[k + 1] - bounds[k]) for k, r in enumerate(ratios))
+    c1 = (n_layers * target_avg - n_visual * layers[0]) / weight
+    if not 0 <= c1 <= n_visual:
+        raise ValueError(f"target_avg: {target_avg} tokens cannot be reached with modules at {tuple(layers)}")
+    return tuple(int(round(c1 * r)) for r in ratios)
+
+
 def build_atp_config(cfg: TrainConfig, n_visual: int, n_layers: int) -> ATPConfig:
-    fixed = None
-    if cfg.fixed_keep is not None:  # paper counts of 576 -> this grid, same fraction (common.schedule)
-        from common.schedule import keep_count
-        fixed = tuple(keep_count(int(c), n_visual) for c in cfg.fixed_keep)
     paper = cfg.paper_layers if cfg.paper_layers is not None else paper_layers_for(cfg.budget)
-    kw = dict(n_visual=n_visual, layers=atp_layers(tuple(paper), n_layers), n_layers=n_layers,
+    layers = atp_layers(tuple(paper), n_layers)
+    fixed = None
+    if cfg.fixed_keep is not None:
+        fixed = matched_fixed_counts(cfg.fixed_keep, layers, n_visual, n_layers, n_target_of(cfg, n_visual))
+    kw = dict(n_visual=n_visual, layers=layers, n_layers=n_layers,
               fixed_keep=fixed)
     kw.update(cfg.atp)
     return ATPConfig(**kw)
@@ -317,7 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paper-layers", type=int, nargs="+", help="module positions of 32 (default: by budget)")
     p.add_argument("--atp", default="{}", help="JSON overrides of ATPConfig, e.g. '{\"use_sp\": false}'")
     p.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
+    p.add_argument("--all", action="store_true", help="every run the atp-* targets need (missing ones only)")
     a = p.parse_args(argv)
+    if a.all:
+        from papers.atp.experiments import all_runs
+
+        for cfg in all_runs():
+            if a.force or not (CHECKPOINTS / cfg.name() / "card.json").exists():
+                run(cfg)
+        return 0
     cfg = TrainConfig(budget=a.budget, decoder=a.decoder, steps=a.steps,
                       fixed_keep=tuple(a.fixed_keep) if a.fixed_keep else None,
                       paper_layers=tuple(a.paper_layers) if a.paper_layers else None, atp=json.loads(a.atp))
