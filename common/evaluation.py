@@ -314,12 +314,12 @@ def _kept_from_state(state: Any, full: Sequence[int], n_layers: int) -> list[lis
 # The runner
 # ---------------------------------------------------------------------------------------------------
 
-def _reduction_context(vlm: Any, reducer: Any):
+def _reduction_context(vlm: Any, reducer: Any, **reduction_kwargs: Any):
     if reducer is None:
         return contextlib.nullcontext(None)
     from common.reduction import reduce_tokens  # only needed when a reducer acts
 
-    return reduce_tokens(vlm.model, reducer, image_token_id=vlm.image_token_id)
+    return reduce_tokens(vlm.model, reducer, image_token_id=vlm.image_token_id, **reduction_kwargs)
 
 
 def _batch_seed(key: str, ids: Sequence[str]) -> int:
@@ -327,7 +327,8 @@ def _batch_seed(key: str, ids: Sequence[str]) -> int:
 
 
 def _run_batch(vlm: Any, batch: list[Sample], reducer: Any, max_new_tokens: int, key: str,
-               generate_kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
+               generate_kwargs: Mapping[str, Any], reduction_kwargs: Mapping[str, Any] | None = None
+               ) -> list[dict[str, Any]]:
     model = vlm.model
     device = getattr(model, "device", torch.device("cpu"))
     dtype = getattr(model, "dtype", None)
@@ -340,7 +341,7 @@ def _run_batch(vlm: Any, batch: list[Sample], reducer: Any, max_new_tokens: int,
     n_layers = _num_decoder_layers(model)
     torch.manual_seed(_batch_seed(key, [s.id for s in batch]))
     t0 = time.perf_counter()
-    with torch.no_grad(), _reduction_context(vlm, reducer) as state:
+    with torch.no_grad(), _reduction_context(vlm, reducer, **(reduction_kwargs or {})) as state:
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
     elapsed = time.perf_counter() - t0
     new_tokens = out[:, input_ids.shape[1]:]
@@ -365,6 +366,7 @@ def evaluate(
     cache_dir: str | Path | None = ".cache/eval",
     run_key: Mapping[str, Any],
     generate_kwargs: Mapping[str, Any] | None = None,
+    reduction_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Generate an answer for every sample (greedy), score them per family, and count visual tokens.
@@ -379,6 +381,8 @@ def evaluate(
         run_key: what identifies the model, at least its checkpoint hash, e.g.
             {"checkpoint": file_sha256(path)}; any JSON-ready dict. Part of the cache key.
         generate_kwargs: extra `generate()` arguments (part of the cache key).
+        reduction_kwargs: extra `reduce_tokens` arguments, e.g. {"positions": "renumber"} (part of the
+            cache key; ignored without a reducer).
         progress: show a tqdm bar (rank 0 only).
 
     Raises:
@@ -414,6 +418,9 @@ def evaluate(
         "reducer": describe_reducer(reducer),
         "generation": {"max_new_tokens": dict(sorted(mnt.items())), "do_sample": False, **generate_kwargs},
     }
+    reduction_kwargs = dict(reduction_kwargs or {}) if reducer is not None else {}
+    if reduction_kwargs:  # only when given, so keys of runs without it stay as they were
+        config["reduction"] = json.loads(_canonical_json(reduction_kwargs))
     key = hashlib.sha256(_canonical_json(config).encode()).hexdigest()
 
     dist = _dist()
@@ -453,7 +460,7 @@ def evaluate(
         try:
             with sink as f:
                 for n_new, batch in mine:
-                    records = _run_batch(vlm, batch, reducer, n_new, key, generate_kwargs)
+                    records = _run_batch(vlm, batch, reducer, n_new, key, generate_kwargs, reduction_kwargs)
                     if f is not None:
                         _append_records(f, records)
                     computed.extend(records)

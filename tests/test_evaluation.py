@@ -201,9 +201,9 @@ def test_reducer_state_gives_kept_counts(tmp_path, monkeypatch):
         seen.append(reducer)
         yield _State(fake_reduce.batch)
 
-    def run_batch(vlm, batch, reducer, n, key, kw, _orig=E._run_batch):
+    def run_batch(vlm, batch, reducer, n, key, kw, red_kw, _orig=E._run_batch):
         fake_reduce.batch = len(batch)
-        return _orig(vlm, batch, reducer, n, key, kw)
+        return _orig(vlm, batch, reducer, n, key, kw, red_kw)
 
     monkeypatch.setattr(E, "_reduction_context", fake_reduce)
     monkeypatch.setattr(E, "_run_batch", run_batch)
@@ -250,3 +250,16 @@ def test_random_drop_reducer_counts_and_resume(tmp_path):
     assert resumed.predictions == ref.predictions and resumed.metrics == ref.metrics
     other_seed = _eval(TinyVLM(), samples, tmp_path, reducer=RandomDrop(layer=0, budget=0.25, seed=1))
     assert other_seed.key != ref.key
+
+
+def test_reduction_kwargs_reach_the_hook_and_the_key(tmp_path):
+    from common.baselines.random_drop import RandomDrop
+
+    samples = [s for s in make_samples(1) if s.family in ("gqa", "pope")]
+    red = RandomDrop(layer=1, budget=0.25, seed=0)
+    orig = _eval(TinyVLM(), samples, tmp_path, reducer=red)
+    renum = _eval(TinyVLM(), samples, tmp_path, reducer=red, reduction_kwargs={"positions": "renumber"})
+    assert renum.key != orig.key and renum.config["reduction"] == {"positions": "renumber"}
+    assert "reduction" not in orig.config  # keys of runs without it are unchanged
+    with pytest.raises(ValueError, match="positions"):
+        _eval(TinyVLM(), samples, tmp_path / "bad", reducer=red, reduction_kwargs={"positions": "shuffled"})
