@@ -9,7 +9,8 @@ from common.experiment import TOY_CHECKPOINT
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "atp.ipynb"
 
 
-@pytest.mark.skipif(not TOY_CHECKPOINT.exists(), reason="needs checkpoints/toy-llava (make toy-model)")
+@pytest.mark.skipif(not (TOY_CHECKPOINT / "model.safetensors").exists(),
+                    reason="needs the trained checkpoints/toy-llava (make toy-model)")
 def test_atp_notebook_executes():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
