@@ -375,7 +375,7 @@ def evaluate(
         vlm: a `common.models.base.VisionLanguageModel`.
         samples: the benchmark; ids must be unique. Families may be mixed.
         reducer: a token reducer applied through `common.reduction.reduce_tokens`, or None (all tokens).
-        batch_size: samples per `generate` call. Batches never mix `max_new_tokens` values.
+        batch_size: samples per `generate` call. Batches never mix `max_new_tokens` values or image counts.
         max_new_tokens: an int, or {family: int, "default": int} (captions need longer answers).
         cache_dir: where per-sample predictions are cached (None: no cache).
         run_key: what identifies the model, at least its checkpoint hash, e.g.
@@ -441,12 +441,14 @@ def evaluate(
         if dist:
             dist.barrier()  # nobody appends before every rank has read
 
-    # Batches of pending samples: grouped by max_new_tokens (first-appearance order), then chunked.
+    # Batches of pending samples: grouped by (max_new_tokens, number of images) in first-appearance order,
+    # then chunked. The image count sets most of the prompt length (144 tokens per ToyWorld frame), so a
+    # three-frame clip never pads a batch of single images to its length.
     pending = [s for s in samples if s.id not in done]
-    groups: dict[int, list[Sample]] = {}
+    groups: dict[tuple[int, int], list[Sample]] = {}
     for s in pending:
-        groups.setdefault(mnt[s.family], []).append(s)
-    batches = [(n, g[i:i + batch_size]) for n, g in groups.items() for i in range(0, len(g), batch_size)]
+        groups.setdefault((mnt[s.family], len(s.images)), []).append(s)
+    batches = [(n, g[i:i + batch_size]) for (n, _), g in groups.items() for i in range(0, len(g), batch_size)]
     mine = batches[rank::world]
 
     computed: list[dict[str, Any]] = []

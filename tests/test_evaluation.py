@@ -36,8 +36,8 @@ def test_evaluate_end_to_end_and_cache_hit(tmp_path):
     assert res.visual_tokens_full == pytest.approx(sum(full) / len(full))
     assert res.visual_tokens == res.visual_tokens_full
     assert res.visual_tokens_per_layer == [res.visual_tokens_full] * 2
-    # batches never mix generation lengths: 3 captions form their own batch
-    assert vlm.calls == -(-(len(samples) - 3) // 4) + 1
+    # batches never mix generation lengths or image counts: 3 captions and 3 clips form their own batches
+    assert vlm.calls == -(-(len(samples) - 6) // 4) + 1 + 1
 
     again = TinyVLM()
     res2 = _eval(again, samples, tmp_path)

@@ -69,7 +69,7 @@ def test_report_on_tiny_model(samples, tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no trained toy checkpoint"):
+    with pytest.raises(FileNotFoundError, match="checkpoint: .* has no trained toy model"):
         R.main(["--checkpoint", str(tmp_path / "nope"), "--quiet"])
 
 
@@ -82,3 +82,19 @@ def test_hash_checkpoint(tmp_path):
     assert R.hash_checkpoint(tmp_path) != h
     with pytest.raises(FileNotFoundError):
         R.hash_checkpoint(tmp_path / "empty")
+
+
+def test_main_with_a_fresh_toy_checkpoint(tmp_path):
+    """The CLI path end to end (load, hash, evaluate, write) on an untrained, shrunken `ToyVLM`."""
+    from common.models.toy import ToyConfig, ToyVLM
+
+    cfg = ToyConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64, text_hidden=32,
+                    text_layers=2, text_heads=2, text_intermediate=64)
+    ToyVLM.fresh(cfg, seed=0).save(tmp_path / "ckpt", card={"note": "untrained"})
+    paths = R.main(["--checkpoint", str(tmp_path / "ckpt"), "--n", "8", "--out", str(tmp_path / "out" / "baseline"),
+                    "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert len(rows) == 8 + 3 and float(rows[-2]["random 11%"]) == pytest.approx(16.0)  # 64/576 of 144
+    side = json.loads(paths["json"].read_text())
+    assert side["provenance"]["inputs"]["checkpoint"] == R.hash_checkpoint(tmp_path / "ckpt")
+    assert "model: toy-llava" in paths["md"].read_text()
