@@ -90,11 +90,17 @@ def _eos_of(vlm: Any) -> list[int]:
     return [eos] if isinstance(eos, int) else [int(eos[0])]
 
 
-def make_teacher_batch(vlm: Any, samples: Sequence[Sample], encode: Callable[[str], list[int]]) -> TeacherBatch:
-    """Prompts from `vlm.build_inputs`, responses = each sample's first reference + EOS."""
+def make_teacher_batch(vlm: Any, samples: Sequence[Sample], encode: Callable[[str], list[int]] | None = None,
+                       ) -> TeacherBatch:
+    """Prompts from `vlm.build_inputs`, responses = each sample's first reference + EOS (the VLM's own
+    `answer_ids` when it has one, else `encode(text)` + the generation config's EOS)."""
     inputs = vlm.build_inputs(list(samples))
-    eos = _eos_of(vlm)
-    resp = [torch.tensor(list(encode(s.answer)) + eos, dtype=torch.long) for s in samples]
+    if encode is None and hasattr(vlm, "answer_ids"):
+        resp = [torch.tensor(vlm.answer_ids(s), dtype=torch.long) for s in samples]
+    else:
+        encode = encode or default_encoder(vlm)
+        eos = _eos_of(vlm)
+        resp = [torch.tensor(list(encode(s.answer)) + eos, dtype=torch.long) for s in samples]
     return teacher_batch(inputs["input_ids"], inputs["attention_mask"], inputs.get("pixel_values"), resp,
                          vlm.image_token_id, pad_id=int(getattr(vlm.model.generation_config, "pad_token_id", 0) or 0))
 
@@ -141,7 +147,6 @@ def train_predictor(vlm: Any, samples: Sequence[Sample], cfg: TrainConfig = Trai
     dims = DecoderDims.from_config(model.config)
     if not 1 <= cfg.K < dims.n_layers:
         raise ValueError(f"K: must lie in [1, {dims.n_layers}), got {cfg.K}")
-    encode = encode or default_encoder(vlm)
     torch.manual_seed(cfg.seed)
     pred = RatePredictor(int(text_cfg.num_attention_heads), cfg.rates, cfg.K)
     batches = [make_teacher_batch(vlm, samples[i:i + cfg.batch_size], encode)
