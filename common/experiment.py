@@ -107,4 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the canonical module's main: under `python -m` this file is also imported as
+    # `common.experiment` by the papers' experiments, and only that copy's registry gets their targets.
+    from common.experiment import main as _main
+
+    sys.exit(_main())
