@@ -1,0 +1,206 @@
+"""The toy VLM: an HF `LlavaForConditionalGeneration` (small CLIP tower + small Llama decoder) for ToyWorld.
+
+It is the real LLaVA architecture at a size that trains from scratch on 2 CPU cores, so every method runs
+on the same classes (and the same hook) as LLaVA-1.5 at paper scale (DESIGN.md §2).
+
+Prompt template (word-level tokens, one image = `grid**2` placeholders, a clip = one block per frame):
+
+    <bos> image : <image>*N [<image>*N ...] question : {question} answer : -> {answer} <eos>
+
+`python -m common.models.toy train --out checkpoints/toy-llava` (= `make toy-model`) trains it; the recipe
+is in `common.models.toy_train`, the generic loop in `common.models.train`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import BatchEncoding, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from common.data.sample import Sample
+from common.data.tokenizer import BOS, EOS, IMAGE, PAD, build_tokenizer, load_tokenizer
+from common.models.checkpoint import atomic_write_text, load_weights, save_checkpoint
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "toy_config.json"
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Sizes of the toy LLaVA. Defaults were chosen by measuring step time on the 2-core CI machine:
+    8 decoder layers (so paper layers map as l -> round(l/4)) at a width that trains in < 1 hour."""
+
+    grid: int = 12  # visual tokens per side: 12 -> 144 per image (DESIGN.md §5)
+    patch: int = 8  # pixels per patch = ToyWorld's cell size
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    text_hidden: int = 128  # 1.1 s per step of 32 samples (1 thread); 192 wide took ~2x longer
+    text_layers: int = 8
+    text_heads: int = 4
+    text_intermediate: int = 384
+    max_positions: int = 1024  # 3 video frames = 432 visual tokens + text
+
+    @property
+    def image_size(self) -> int:
+        return self.grid * self.patch
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.grid * self.grid
+
+
+def build_model(cfg: ToyConfig, tokenizer: Tokenizer, seed: int = 0) -> LlavaForConditionalGeneration:
+    """A randomly initialised toy LLaVA (fp32). `vision_feature_select_strategy="default"` drops CLS,
+    so each image gives exactly grid**2 visual tokens, as LLaVA-1.5 gives 576."""
+    vocab = tokenizer.get_vocab()
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch, projection_dim=cfg.vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_heads, vocab_size=len(vocab), max_position_embeddings=cfg.max_positions,
+        pad_token_id=vocab[PAD], bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=vocab[IMAGE],
+        vision_feature_layer=-1, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = vocab[PAD]
+    model.generation_config.eos_token_id = vocab[EOS]
+    model.generation_config.bos_token_id = vocab[BOS]
+    model.generation_config.do_sample = False
+    return model.eval()
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """PIL RGB -> [3, H, W] in [-1, 1] (the toy tower's only preprocessing)."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+class ToyVLM:
+    """The toy model behind the `VisionLanguageModel` contract (common/models/base.py)."""
+
+    def __init__(self, model: LlavaForConditionalGeneration, tokenizer: Tokenizer, cfg: ToyConfig,
+                 name: str = "toy-llava"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.name = name
+        vocab = tokenizer.get_vocab()
+        self.image_token_id = vocab[IMAGE]
+        self.pad_id, self.bos_id, self.eos_id = vocab[PAD], vocab[BOS], vocab[EOS]
+        self.num_visual_tokens = cfg.num_visual_tokens
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def prompt_ids(self, sample: Sample) -> list[int]:
+        enc = self.tokenizer.encode
+        image_block = [self.image_token_id] * (self.num_visual_tokens * len(sample.images))
+        return [self.bos_id, *enc("image :").ids, *image_block, *enc(f"question : {sample.question} answer :").ids]
+
+    def answer_ids(self, sample: Sample) -> list[int]:
+        return [*self.tokenizer.encode(sample.answer).ids, self.eos_id]
+
+    def pixel_values(self, samples: Sequence[Sample]) -> torch.Tensor:
+        size = self.cfg.image_size
+        frames = []
+        for s in samples:
+            for im in s.images:
+                if im.size != (size, size):
+                    raise ValueError(f"samples: sample {s.id!r} has a {im.size} image; the toy model takes "
+                                     f"{size}x{size} (grid {self.cfg.grid} x patch {self.cfg.patch})")
+                frames.append(image_to_tensor(im))
+        return torch.stack(frames)
+
+    def _left_pad(self, rows: list[list[int]], labels: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+            if labels is not None:
+                lab[i, width - len(r):] = torch.tensor(labels[i])
+        out = {"input_ids": ids, "attention_mask": mask}
+        if labels is not None:
+            out["labels"] = lab
+        return out
+
+    def build_inputs(self, samples: Sequence[Sample]) -> BatchEncoding:
+        """Left-padded prompts (no answers) + pixel values, ready for `generate()`."""
+        batch = self._left_pad([self.prompt_ids(s) for s in samples])
+        batch["pixel_values"] = self.pixel_values(samples)
+        return BatchEncoding(batch)
+
+    def build_training_batch(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        """Prompt + answer; the loss sees only the answer tokens (and EOS), as in LLaVA's instruction tuning."""
+        rows, labels = [], []
+        for s in samples:
+            p, a = self.prompt_ids(s), self.answer_ids(s)
+            rows.append(p + a)
+            labels.append([-100] * len(p) + a)
+        batch = self._left_pad(rows, labels)
+        batch["pixel_values"] = self.pixel_values(samples)
+        return batch
+
+    def decode(self, token_ids: torch.Tensor) -> list[str]:
+        """Generated ids -> text, cut at the first EOS, padding dropped."""
+        out = []
+        for row in token_ids.tolist():
+            words = []
+            for t in row:
+                if t == self.eos_id:
+                    break
+                if t not in (self.pad_id, self.bos_id, self.image_token_id):
+                    words.append(self.tokenizer.id_to_token(t))
+            out.append(" ".join(words))
+        return out
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, path: str | Path, card: dict | None = None) -> None:
+        """Weights + HF config + tokenizer + card (common.models.checkpoint) and the ToyConfig."""
+        save_checkpoint(path, self.model, self.tokenizer, card)
+        atomic_write_text(Path(path) / CONFIG_FILE, json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ToyVLM":
+        path = Path(path)
+        for f in (MODEL_FILE, CONFIG_FILE, "tokenizer.json"):
+            if not (path / f).exists():
+                raise FileNotFoundError(f"path: {path / f} is missing; run `make toy-model`")
+        cfg = ToyConfig(**json.loads((path / CONFIG_FILE).read_text()))
+        tok = load_tokenizer(path)
+        model = build_model(cfg, tok)
+        load_weights(model, path)
+        return cls(model.eval(), tok, cfg)
+
+    @classmethod
+    def fresh(cls, cfg: ToyConfig | None = None, seed: int = 0) -> "ToyVLM":
+        cfg = cfg or ToyConfig()
+        tok = build_tokenizer()
+        return cls(build_model(cfg, tok, seed), tok, cfg)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] != "train":
+        raise SystemExit("usage: python -m common.models.toy train [--out checkpoints/toy-llava] [options]")
+    from common.models.toy_train import main
+
+    main(sys.argv[2:])

@@ -1,0 +1,159 @@
+"""ToyWorld: determinism, split disjointness, valid samples per family, grids, tokenizer coverage, errors."""
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from common.data.sample import Sample
+from common.data.tokenizer import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, UNK, build_tokenizer, load_tokenizer, \
+    save_tokenizer
+from common.data.toyworld import (
+    FAMILIES, POPE_SPLITS, QA_FAMILIES, SPLITS, make_sample, scene_split, toyworld_split, toyworld_stream,
+)
+from common.data.toyworld_render import Obj, Scene, render
+
+
+def _fingerprint(samples: list[Sample]) -> list[tuple]:
+    return [(s.id, s.family, s.question, s.answer, tuple(s.references), tuple(im.tobytes() for im in s.images))
+            for s in samples]
+
+
+def test_same_seed_same_bytes_and_questions():
+    a = toyworld_split("val", 24, seed=3)
+    b = toyworld_split("val", 24, seed=3)
+    assert _fingerprint(a) == _fingerprint(b)
+    c = toyworld_split("val", 24, seed=4)
+    assert [s.question for s in a] != [s.question for s in c] or _fingerprint(a) != _fingerprint(c)
+
+
+def test_splits_are_disjoint_by_scene():
+    keys = {}
+    for split in SPLITS:
+        samples = toyworld_split(split, 96, seed=0)
+        keys[split] = {s.meta["scene_key"] for s in samples}
+        # every scene hashes to the split it was drawn for, so no scene can be drawn by another split
+        assert all(scene_split(k) == split for k in keys[split])
+        assert all(s.meta["split"] == split for s in samples)
+    assert not keys["train"] & keys["val"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["val"] & keys["test"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_gives_valid_samples_in_vocabulary(family):
+    tok = build_tokenizer()
+    unk = tok.token_to_id(UNK)
+    samples = toyworld_split("test", 24, seed=1, families=(family,))
+    assert len(samples) == 24 and len({s.id for s in samples}) == 24
+    for s in samples:
+        assert isinstance(s, Sample) and s.family == family
+        frames = 3 if family == "video" else 1
+        assert len(s.images) == frames and all(im.size == (96, 96) and im.mode == "RGB" for im in s.images)
+        for text in [s.question, *s.references]:
+            assert unk not in tok.encode(text).ids, text
+        if family != "caption":
+            assert len(tok.encode(s.answer).ids) == 1, s.answer  # one-word answers
+        if family == "mc":
+            assert s.answer in s.choices and s.answer_type == "choice"
+            assert s.meta["options"][s.choices.index(s.answer)] == s.meta["answer_text"]
+        if family == "caption":
+            assert len(s.references) == 3 and s.answer_type == "caption"
+        if family == "pope":
+            assert s.answer in ("yes", "no") and s.meta["pope_split"] in POPE_SPLITS
+
+
+def test_pope_balanced_and_all_negative_splits():
+    samples = toyworld_split("test", 60, seed=0, families=("pope",))
+    c = Counter(s.answer for s in samples)
+    assert c["yes"] == c["no"] == 30
+    negs = Counter(s.meta["pope_split"] for s in samples if s.answer == "no")
+    assert set(negs) == set(POPE_SPLITS) and min(negs.values()) == 10
+
+
+def test_answers_are_not_blind_guessable():
+    """The most frequent answer of each family stays well below 50% (except the yes/no-like ones)."""
+    samples = toyworld_split("val", 8 * 40, seed=0)
+    by_fam: dict[str, Counter] = {}
+    for s in samples:
+        by_fam.setdefault(s.family, Counter())[s.answer] += 1
+    for fam in ("textvqa", "count", "scene", "mc", "video"):
+        top = by_fam[fam].most_common(1)[0][1] / sum(by_fam[fam].values())
+        assert top < 0.35, (fam, by_fam[fam])
+
+
+def test_answer_matches_the_scene():
+    """The renderer draws what the question talks about: the answer colour is in the image's pixels."""
+    from common.data.toyworld_render import BACKGROUNDS, COLORS
+
+    for s in toyworld_split("val", 20, seed=5, families=("scene", "gqa")):
+        px = {tuple(p) for p in np.asarray(s.images[0]).reshape(-1, 3)}
+        if s.family == "scene":
+            assert BACKGROUNDS[s.answer] in px
+        elif s.answer in COLORS:
+            assert COLORS[s.answer] in px
+
+
+@pytest.mark.parametrize("grid", [12, 24])
+def test_grid_gives_one_patch_per_cell(grid):
+    s = toyworld_split("val", 1, seed=0, families=("gqa",), grid=grid)[0]
+    assert s.images[0].size == (grid * 8, grid * 8)
+    assert (s.images[0].size[0] // 8) ** 2 == {12: 144, 24: 576}[grid]
+    big = toyworld_split("val", 1, seed=0, families=("gqa",), grid=12, image_size=192)[0]
+    assert big.images[0].size == (192, 192)  # 16 px cells: still 12 x 12 objects' lattice
+
+
+def test_objects_occupy_few_patches():
+    """Token-loss sensitivity: every object lives in 1 or 4 of the 144 patches."""
+    for s in toyworld_split("val", 40, seed=2, families=("gqa", "count")):
+        assert s.meta["grid"] == 12
+    o_small, o_large = Obj("circle", "red", "small", 2, 3), Obj("tile", "blue", "large", 5, 5, "7")
+    img = np.asarray(render(Scene(12, "black", (o_small, o_large))))
+    changed = {(r // 8, c // 8) for r, c in zip(*np.nonzero((img != img[0, 0]).any(-1)))}
+    assert changed == {(2, 3), (5, 5), (5, 6), (6, 5), (6, 6)}
+
+
+def test_rephrasings_share_group_and_answer():
+    samples = toyworld_split("test", 8, seed=0, rephrasings=3)
+    assert len(samples) == 24
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.meta["rephrase_group"], []).append(s)
+    assert len(groups) == 8
+    for g in groups.values():
+        assert len({s.answer for s in g}) == 1 and len({s.meta["scene_key"] for s in g}) == 1
+        assert len({s.question for s in g}) == 3
+
+
+def test_stream_is_deterministic_and_resumable():
+    a = [s.question for s in islice(toyworld_stream(seed=1), 12)]
+    b = [s.question for s in islice(toyworld_stream(seed=1, start=6), 6)]
+    assert a[6:] == b
+    assert make_sample("train", 1, 4, "gqa").question == make_sample("train", 1, 4, "gqa").question
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split="val", n=2, families=("nope",)), "families"),
+    (dict(split="val", n=-1), "n must"),
+    (dict(split="dev", n=2), "split"),
+    (dict(split="val", n=2, grid=12, image_size=100), "not divisible"),
+    (dict(split="val", n=2, grid=3), "grid"),
+])
+def test_bad_input_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        toyworld_split(**kwargs)
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tok = build_tokenizer()
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    text = "is the red circle left or right of the blue tile ?"
+    ids = tok.encode(text).ids
+    assert tok.decode(ids) == text
+    save_tokenizer(tok, tmp_path / "tokenizer.json")
+    again = load_tokenizer(tmp_path)
+    assert again.get_vocab() == tok.get_vocab() and again.encode(text).ids == ids
+    assert build_tokenizer().get_vocab() == tok.get_vocab()  # deterministic ids
+    assert {PAD, BOS, EOS, IMAGE} <= set(tok.get_vocab())
