@@ -67,11 +67,11 @@ class Settings:
     scale: str
     n: int | None = 48
     n_conb: int = 8
-    n_calib: int = 32
+    n_calib: int = 16
     batch_size: int = 16
     seed: int = 0
     cache_dir: str = str(REPO_ROOT / ".cache" / "eval")
-    calib_iters: int = 14
+    calib_iters: int = 10
 
     @classmethod
     def for_scale(cls, scale: str) -> "Settings":
@@ -81,9 +81,9 @@ class Settings:
         n_env = env.get("SPARSEVLM_N")
         n = int(n_env) if n_env else (48 if scale == "toy" else None)
         return cls(scale=scale, n=n, n_conb=int(env.get("SPARSEVLM_N_CONB", 8)),
-                   n_calib=int(env.get("SPARSEVLM_N_CALIB", 32)), batch_size=int(env.get("SPARSEVLM_BATCH", 16)),
+                   n_calib=int(env.get("SPARSEVLM_N_CALIB", 16)), batch_size=int(env.get("SPARSEVLM_BATCH", 16)),
                    cache_dir=env.get("SPARSEVLM_CACHE") or str(REPO_ROOT / ".cache" / "eval"),
-                   calib_iters=int(env.get("SPARSEVLM_CALIB_ITERS", 14)))
+                   calib_iters=int(env.get("SPARSEVLM_CALIB_ITERS", 10)))
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ def _batches(ctx: Ctx, samples: Sequence[Sample]) -> list[dict]:
     out = []
     for i in range(0, len(samples), ctx.settings.batch_size):
         inputs = dict(ctx.vlm.build_inputs(samples[i:i + ctx.settings.batch_size]))
-        out.append({k: (v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()})
+        out.append({k: (v.to(dev, dtype=dtype) if v.is_floating_point() else v.to(dev)) if torch.is_tensor(v) else v
+                    for k, v in inputs.items()})
     return out
 
 

@@ -91,8 +91,10 @@ class SparseVLMConfig:
     lam: the paper's lambda in ``N = lambda (L_v - rank)`` (mode "paper").
     tau: recycled share of the deleted tokens; theta: cluster centres per recycled token.
     recycle: token recycling on/off (Table 3's "w/o TR").
-    rater_rows: rows of P: "raters" (the method), "text" (every text token after the image), "all"
-        (every token; Fig. 5's ablation).
+    rater_rows: rows of P whose mean is the significance Pbar: "raters" (the method), "text" (every text
+        token after the image) or "all" (every token), Fig. 5's ablation. The count always comes from the
+        raters' P: with all rows P has full column rank, so Eq. 8 would delete nothing and the ablation
+        could not hold the budget (changed from nothing: the paper does not say how it did).
     score_layers: scoring layers of THIS model (None: `PAPER_SCORE_LAYERS` mapped to its depth).
     rank_rtol: relative tolerance of the rank (None: torch's default, sigma_max * max(m, n) * eps).
     """
@@ -360,7 +362,7 @@ class SparseVLM(Reducer):
         self.trace: list[SampleTrace] = []
         self._bind(PAPER_LAYERS)
         self._pending: dict[int, list[tuple[torch.Tensor, int, int] | None]] = {}
-        self._rows: list[torch.Tensor] = []
+        self._raters: list[torch.Tensor] = []
 
     @classmethod
     def for_budget(cls, budget: int, **kwargs: Any) -> "SparseVLM":
@@ -417,45 +419,42 @@ class SparseVLM(Reducer):
         """Layer 0: reset the per-forward state and pick the raters from the input embeddings (Eq. 5-7)."""
         self._pending = {}
         self.trace = [SampleTrace() for _ in range(ctx.batch_size)]
-        self._rows = []
+        self._raters = []
         for b in range(ctx.batch_size):
             text = torch.nonzero(ctx.kinds[b] == S.INSTRUCTION).flatten()
             tr = self.trace[b]
             tr.instruction_positions = text
             if text.numel() == 0:
-                self._rows.append(text)
+                self._raters.append(text)
                 continue
             R = rater_relevance(ctx.visual_hidden(b), ctx.hidden[b, text])
             raters = select_raters(R, strict=self.config.mode == "official")
             if raters.numel() == 0:  # all R equal under the strict threshold: every text token rates
                 raters = torch.arange(text.numel(), device=text.device)
             tr.relevance, tr.raters = R, raters
-            if self.config.rater_rows == "raters":
-                self._rows.append(raters)
-            elif self.config.rater_rows == "text":
-                self._rows.append(torch.arange(text.numel(), device=text.device))
-            else:
-                self._rows.append(None)  # every token: resolved per layer
+            self._raters.append(raters)
 
     def _score(self, ctx: ReductionContext) -> None:
-        """Scoring layer s: P (rows x visual keys of layer s), its rank and Pbar, kept for layer s + 1."""
-        rows, cols = [], []
+        """Scoring layer s: the raters' P (its rank sets the count) and Pbar from the `rater_rows` rows (the
+        raters themselves unless ablated), kept for layer s + 1."""
+        raters, rows, cols = [], [], []
         for b in range(ctx.batch_size):
             text = torch.nonzero(ctx.kinds[b] == S.INSTRUCTION).flatten()
-            if self._rows[b] is None:
+            raters.append(text[self._raters[b].to(text.device)] if text.numel() else text)
+            if self.config.rater_rows == "all":
                 rows.append(torch.nonzero(ctx.kinds[b] != S.PAD).flatten())
-            elif text.numel() == 0:
+            elif self.config.rater_rows == "text":
                 rows.append(text)
-            else:
-                rows.append(text[self._rows[b].to(text.device)])
             cols.append(ctx.visual_index[b])
-        P = query_attention(ctx.layer_module, ctx.hidden, ctx.position_ids, ctx.kinds, rows, cols)
+        P = query_attention(ctx.layer_module, ctx.hidden, ctx.position_ids, ctx.kinds, raters, cols)
+        P_rows = P if not rows else query_attention(ctx.layer_module, ctx.hidden, ctx.position_ids, ctx.kinds,
+                                                    rows, cols)
         out = []
         for b in range(ctx.batch_size):
-            if rows[b].numel() == 0 or cols[b].numel() == 0:
+            if raters[b].numel() == 0 or cols[b].numel() == 0:
                 out.append(None)
                 continue
-            out.append((P[b].mean(0), matrix_rank(P[b], self.config.rank_rtol), int(rows[b].numel())))
+            out.append((P_rows[b].mean(0), matrix_rank(P[b], self.config.rank_rtol), int(raters[b].numel())))
         self._pending[ctx.layer] = out
 
     def _prune_sample(self, ctx: ReductionContext, b: int, scored) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -494,7 +493,7 @@ def equivalent_tokens(model: nn.Module, batches: Sequence[dict], reducer: Reduce
     total, count = 0.0, 0
     for inputs in batches:
         with torch.no_grad(), reduce_tokens(model, reducer, image_token_id=image_token_id) as st:
-            model(**inputs)
+            model(**inputs, logits_to_keep=1)  # only the token counts matter: skip the LM head elsewhere
         if reducer is None:
             n = (inputs["input_ids"] == image_token_id).sum(1).float() if image_token_id is not None else None
             total += float(n.sum())
@@ -557,29 +556,30 @@ def calibrate(model: nn.Module, batches: Sequence[dict], target: float, *, image
             memo[v] = equivalent_tokens(model, batches, SparseVLM(**{**config, knob: v}), image_token_id)
         return memo[v]
 
-    lo_v, hi_v = 0.0, (hi if hi is not None else (float(n_visual) if knob == "scale" else 1.0))
-    # official: count grows with scale; paper: count shrinks with lam. f(v) >= target on the "big" side.
-    big_at_hi = knob == "scale"
-    for _ in range(iters):
-        mid = 0.5 * (lo_v + hi_v)
-        above = avg(mid) >= target
-        if above == big_at_hi:
-            hi_v = mid
-        else:
-            lo_v = mid
-    cands = [lo_v, hi_v]
-    best = min(cands, key=lambda v: (abs(avg(v) - target), v))
-    achieved = avg(best)
-    lo_end, hi_end = avg(0.0), avg(hi if hi is not None else (float(n_visual) if knob == "scale" else 1.0))
+    top = hi if hi is not None else (float(n_visual) if knob == "scale" else 1.0)
+    lo_end, hi_end = avg(0.0), avg(top)
     feasible = min(lo_end, hi_end) <= target <= max(lo_end, hi_end)
+    if feasible:
+        # official: the count grows with scale; paper: it shrinks with lam. Keep [lo_v, hi_v] around the target.
+        lo_v, hi_v = 0.0, top
+        big_at_hi = knob == "scale"
+        for _ in range(iters):
+            mid = 0.5 * (lo_v + hi_v)
+            if (avg(mid) >= target) == big_at_hi:
+                hi_v = mid
+            else:
+                lo_v = mid
+        best = min((lo_v, hi_v), key=lambda v: (abs(avg(v) - target), v))
+    else:  # out of reach: the closer end (e.g. every layer up to the first scoring layer keeps all tokens)
+        best = min((0.0, top), key=lambda v: (abs(avg(v) - target), v))
+    achieved = avg(best)
     red = SparseVLM(**{**config, knob: best})
     cal = Calibration(red, knob, best, float(target), achieved, float(n_visual), feasible)
     if verbose:
-        note = "" if feasible else f" (target outside the reachable range [{min(lo_end, hi_end):.2f}, " \
-                                   f"{max(lo_end, hi_end):.2f}])"
+        note = "" if feasible else f" (target out of reach: [{min(lo_end, hi_end):.2f}, {max(lo_end, hi_end):.2f}])"
         print(f"[sparsevlm] calibrated {knob}={best:.4g}: equivalent tokens {achieved:.2f} of {n_visual:.0f} "
-              f"(paper-equivalent {cal.achieved_paper:.1f} of {PAPER_VISUAL}; target {target:.2f} = "
-              f"{cal.target_paper:.0f}){note}", flush=True)
+              f"({100 * achieved / n_visual:.1f}%; target {target:.2f} = {100 * target / n_visual:.1f}%){note}",
+              flush=True)
     return cal
 
 
