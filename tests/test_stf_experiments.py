@@ -117,3 +117,27 @@ def test_missing_variants_name_the_make_targets(tmp_path, monkeypatch):
     (tmp_path / "stf-stf").mkdir()
     (tmp_path / "stf-stf" / "card.json").write_text("{}")
     assert E.missing_variants(["baseline", "stf"]) == ["baseline"]
+
+
+def test_real_path_on_tiny_trained_variants(tmp_path, monkeypatch):
+    """train_variant -> load_variant -> evaluate -> table/figure, end to end on a tiny toy LLaVA."""
+    from common.data.toyworld import toyworld_split
+    from common.models.toy import ToyConfig, ToyVLM
+
+    tiny = ToyConfig(vision_hidden=32, vision_layers=2, vision_heads=2, vision_intermediate=64,
+                     text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
+    ToyVLM.fresh(tiny).save(tmp_path / "base", card={"name": "tiny"})
+    monkeypatch.setattr(T, "CHECKPOINTS", tmp_path / "ckpt")
+    monkeypatch.setattr(E, "OUT", tmp_path / "fig")
+    monkeypatch.chdir(tmp_path)  # evaluate's cache (.cache/eval) goes here
+    small = toyworld_split("test", 2 * len(E.FAMILIES), seed=0, families=E.FAMILIES)
+    monkeypatch.setattr(E, "test_samples", lambda: small)
+    fast = T.STFTrainConfig(batch=4, val_per_family=1)
+    for v in ("baseline", "avgpool", "mbtf-stf"):
+        T.train_variant(v, steps=(1, 1), base=tmp_path / "base", config=fast, progress=False)
+    E.table2()
+    rows = {r["method"]: r for r in json.loads((tmp_path / "fig" / "table2.json").read_text())["rows"]}
+    assert rows["STC (ours) = MBTF+STF"]["toy tokens"] == 36 and rows["LLaVA-1.5 (full tuning)"]["toy tokens"] == 144
+    assert all(0 <= rows["LLaVA-1.5 (AvgPool)"][f] <= 100 for f in E.FAMILIES)
+    E.fig3()
+    assert len(json.loads((tmp_path / "fig" / "fig3_cases.json").read_text())["rows"]) == 6
