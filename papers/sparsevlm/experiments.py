@@ -9,7 +9,7 @@ Scales (DESIGN.md §2), one code path:
   figures/sparsevlm/paper/. Budget calibration uses the first samples of the benchmarks (token counts
   only, never answers).
 
-Knobs (environment; defaults in `Settings`): SPARSEVLM_N samples per family (toy 48; paper: all),
+Knobs (environment; defaults in `Settings`): SPARSEVLM_N samples per family (toy 100; paper: all),
 SPARSEVLM_N_CONB, SPARSEVLM_N_CALIB, SPARSEVLM_BATCH, SPARSEVLM_CALIB_ITERS, SPARSEVLM_CACHE (prediction
 cache), SPARSEVLM_OUT (output folder). Predictions are cached in .cache/eval (`common.evaluation`),
 calibrations in .cache/sparsevlm, so targets share work and re-runs are cheap.
@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from common.artifacts import provenance, save_figure, write_table
 from common.baselines.fastv import FastV
@@ -65,8 +66,8 @@ class Settings:
     consistency column (3 phrasings each); `n_calib`: calibration samples."""
 
     scale: str
-    n: int | None = 48
-    n_conb: int = 8
+    n: int | None = 100
+    n_conb: int = 12
     n_calib: int = 16
     batch_size: int = 16
     seed: int = 0
@@ -79,8 +80,8 @@ class Settings:
             raise ValueError(f"scale: SparseVLM's experiments support {SCALES}, got {scale!r}")
         env = os.environ
         n_env = env.get("SPARSEVLM_N")
-        n = int(n_env) if n_env else (48 if scale == "toy" else None)
-        return cls(scale=scale, n=n, n_conb=int(env.get("SPARSEVLM_N_CONB", 8)),
+        n = int(n_env) if n_env else (100 if scale == "toy" else None)
+        return cls(scale=scale, n=n, n_conb=int(env.get("SPARSEVLM_N_CONB", 12)),
                    n_calib=int(env.get("SPARSEVLM_N_CALIB", 16)), batch_size=int(env.get("SPARSEVLM_BATCH", 16)),
                    cache_dir=env.get("SPARSEVLM_CACHE") or str(REPO_ROOT / ".cache" / "eval"),
                    calib_iters=int(env.get("SPARSEVLM_CALIB_ITERS", 10)))
@@ -535,6 +536,7 @@ def table4(scale: str = "toy") -> dict[str, Path]:
     van = acc["Baseline"]["scores"]
     rows = []
     base = eff["Baseline"]
+    unit, scale_f = ("T", 1e-3) if base["gmacs"] >= 1e3 else (("G", 1.0) if base["gmacs"] >= 1 else ("M", 1e3))
     for name, (method, budget) in setups.items():
         p = R.TABLE4[name]
         rows.append({"method": name, "source": "paper (A100, LLaVA-7B)", "tokens": p["tokens"], "acc %": p["acc_pct"],
@@ -548,7 +550,7 @@ def table4(scale: str = "toy") -> dict[str, Path]:
                      "KV red. %": None if name == "Baseline" else 100 * (1 - e["kv_visual_mb"] / base["kv_visual_mb"]),
                      "prefill (ms)": e["prefill_ms"], "total (ms)": e["total_ms"],
                      "time red. %": None if name == "Baseline" else 100 * (1 - e["total_ms"] / base["total_ms"]),
-                     "FLOPs": e["gmacs"], "FLOPs unit": "G MACs (3ndm, whole prompt)",
+                     "FLOPs": e["gmacs"] * scale_f, "FLOPs unit": f"{unit} MACs (3ndm, whole prompt)",
                      "FLOPs red. %": None if name == "Baseline" else 100 * (1 - e["gmacs"] / base["gmacs"]),
                      "prefill red. %": None if name == "Baseline" else 100 * (1 - e["prefill_ms"] / base["prefill_ms"]),
                      "KV total (MB)": e["kv_mb"]})
@@ -561,7 +563,7 @@ def table4(scale: str = "toy") -> dict[str, Path]:
     prov = _prov(ctx, "sparsevlm-table4", started, {"latency_samples": [s.id for s in samples], "new_tokens": 16,
                                                      "threads": torch.get_num_threads()})
     prov["measurements"] = eff
-    return write_table(rows, ctx.out_dir / "table4", title=title, columns=cols, provenance=prov, float_format=".1f")
+    return write_table(rows, ctx.out_dir / "table4", title=title, columns=cols, provenance=prov, float_format=".2f")
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -901,7 +903,7 @@ def fig7(scale: str = "toy") -> dict[str, Path]:
     for s in samples:
         im = s.images[0]
         ent.append(grey_entropy(im))
-        ent_ds.append(grey_entropy(im.resize((im.width // 2, im.height // 2))))
+        ent_ds.append(grey_entropy(im.resize((im.width // 2, im.height // 2), resample=Image.BOX)))
     fig, axes = new_figure(1, 2, width=8.0, height=3.0, squeeze=False)
     ex = samples[0]
     axes[0][0].imshow(ex.images[0])
