@@ -81,3 +81,32 @@ def test_attention_trends_signs():
     assert [r["layers"] for r in rows] == ["layer 0", "layer 1", "mean over layers"]
     assert rows[-1]["image slope/step"] == pytest.approx(-0.1) and rows[-1]["response slope/step"] == pytest.approx(0.1)
     assert rows[0]["image share step 1"] == pytest.approx(0.6)
+
+
+def test_claims_decisions_from_artifacts(tmp_path):
+    """`claims` reads the sidecars and decides each claim; thresholds on the fitted change over the caption."""
+    import json
+
+    from papers.dyrate.experiments import claims
+
+    def put(name, rows):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+
+    put("fig_attention_trends", [{"layers": "mean over layers", "image slope/step": -0.01, "response slope/step": 0.02,
+                                  "image share step 1": 0.5, "steps (>=3 samples)": 11}])
+    put("fig_rate_trend", [{"rate slope/step": 0.001, "corr(rate, image share)": -0.3, "steps (>=3 samples)": 11}])
+    cap = lambda m, c, f: {"method": m, "ours CIDEr (toy)": c, "ours FLOPs %": f}  # noqa: E731
+    put("table2", [cap("Original", 100, 100), cap("FastV (a) K=3", 90, 70), cap("FastV (b) K=2", 95, 60),
+                   cap("VTW k=4", 20, 55), cap("DyRate", 97, 48)])
+    put("table3", [{"method": "DyRate", "ours FLOPs %": 48.0, "DyRate target FLOPs %": 50.5}])
+    put("table5", [{"strategy": "FP R=0.70", "ours CIDEr": 93, "ours FLOPs %": 48},
+                   {"strategy": "DP start=1", "ours CIDEr": 99, "ours FLOPs %": 47}])
+    qa = {c: 50.0 for c in ("GQA", "SQA", "VQA", "POPE", "MMB", "MME")}
+    put("table1", [{"method": "Original", "source": "ours (toy)", **qa}, {"method": "DyRate", "source": "ours (toy)", **qa},
+                   {"method": "DyRate", "source": "paper (LLaVA-1.5-7B)", **qa}])
+    held = [r["held"] for r in claims(tmp_path)]
+    # image -0.1 (yes), response +0.2 (yes), rate +0.01 (no: below +0.05), FLOPs 2.5 points (yes),
+    # >= Original (no), >= FastV at lower FLOPs (yes), VTW behind (yes), beats FP (yes), >= DP (no), QA (yes)
+    assert held == ["yes", "yes", "no", "yes", "no", "yes", "yes", "yes", "no", "yes"]
+    with pytest.raises(FileNotFoundError, match="table9|fig_"):
+        claims(tmp_path / "missing")
