@@ -9,7 +9,7 @@ role (the baseline row beside LLaVA-1.5, MBTF+STF beside "ours", ...). Toy famil
 TextVQA (textvqa) and MMB/SQA (mc); the paper columns shown are those four and its 8-benchmark average.
 
 A table needs its variants trained. Missing ones make it fail with the `make stf-train-<variant>` targets to run
-(each about 12 minutes), unless STF_TRAIN_MISSING=1, which trains them here first. The Make targets of the tables
+(6-11 minutes each), unless STF_TRAIN_MISSING=1, which trains them here first. The Make targets of the tables
 depend on their training targets, so `make stf-table3` from a fresh clone trains what it needs.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def require_variants(target: str, names: Sequence[str]) -> None:
         return
     targets = " ".join(f"stf-train-{n}" for n in missing)
     raise SystemExit(f"{target}: trained variants missing: {', '.join(missing)}. Run `make {targets}` "
-                     f"(about 12 min each on 2 cores), or rerun with STF_TRAIN_MISSING=1 to train them here.")
+                     f"(6-11 min each on 2 cores), or rerun with STF_TRAIN_MISSING=1 to train them here.")
 
 
 @lru_cache(maxsize=1)
