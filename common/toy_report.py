@@ -55,11 +55,14 @@ METRIC_LABEL = {"accuracy": "accuracy", "f1": "F1 (mean of 3 splits)", "cider": 
 
 
 def hash_checkpoint(path: Path | str) -> str:
-    """SHA-256 over the names and contents of every file of a checkpoint folder (or of one file)."""
+    """SHA-256 over the names and contents of the files of a checkpoint folder (or of one file).
+
+    Only the folder's own files count (weights, config, tokenizer, card): subfolders such as a training
+    run's resumable state (`_train/`) do not define the model."""
     from common.artifacts import file_sha256
 
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
     if not files:
         raise FileNotFoundError(f"{path}: no checkpoint files")
     h = hashlib.sha256()

@@ -78,6 +78,9 @@ def test_hash_checkpoint(tmp_path):
     (tmp_path / "card.json").write_text("{}")
     h = R.hash_checkpoint(tmp_path)
     assert h == R.hash_checkpoint(tmp_path)
+    (tmp_path / "_train").mkdir()
+    (tmp_path / "_train" / "state.pt").write_bytes(b"resumable state")
+    assert R.hash_checkpoint(tmp_path) == h  # training state is not the model
     (tmp_path / "card.json").write_text("{ }")
     assert R.hash_checkpoint(tmp_path) != h
     with pytest.raises(FileNotFoundError):
