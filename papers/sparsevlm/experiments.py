@@ -9,7 +9,7 @@ Scales (DESIGN.md §2), one code path:
   figures/sparsevlm/paper/. Budget calibration uses the first samples of the benchmarks (token counts
   only, never answers).
 
-Knobs (environment; defaults in `Settings`): SPARSEVLM_N samples per family (toy 100; paper: all),
+Knobs (environment; defaults in `Settings`): SPARSEVLM_N samples per family (toy 60; paper: all),
 SPARSEVLM_N_CONB, SPARSEVLM_N_CALIB, SPARSEVLM_BATCH, SPARSEVLM_CALIB_ITERS, SPARSEVLM_CACHE (prediction
 cache), SPARSEVLM_OUT (output folder). Predictions are cached in .cache/eval (`common.evaluation`),
 calibrations in .cache/sparsevlm, so targets share work and re-runs are cheap.
@@ -66,8 +66,8 @@ class Settings:
     consistency column (3 phrasings each); `n_calib`: calibration samples."""
 
     scale: str
-    n: int | None = 100
-    n_conb: int = 12
+    n: int | None = 60
+    n_conb: int = 10
     n_calib: int = 16
     batch_size: int = 16
     seed: int = 0
@@ -80,8 +80,8 @@ class Settings:
             raise ValueError(f"scale: SparseVLM's experiments support {SCALES}, got {scale!r}")
         env = os.environ
         n_env = env.get("SPARSEVLM_N")
-        n = int(n_env) if n_env else (100 if scale == "toy" else None)
-        return cls(scale=scale, n=n, n_conb=int(env.get("SPARSEVLM_N_CONB", 12)),
+        n = int(n_env) if n_env else (60 if scale == "toy" else None)
+        return cls(scale=scale, n=n, n_conb=int(env.get("SPARSEVLM_N_CONB", 10)),
                    n_calib=int(env.get("SPARSEVLM_N_CALIB", 16)), batch_size=int(env.get("SPARSEVLM_BATCH", 16)),
                    cache_dir=env.get("SPARSEVLM_CACHE") or str(REPO_ROOT / ".cache" / "eval"),
                    calib_iters=int(env.get("SPARSEVLM_CALIB_ITERS", 10)))
