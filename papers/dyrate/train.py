@@ -50,7 +50,7 @@ class TrainConfig:
     tau: float = 1.0  # Gumbel temperature
     lr: float = 1e-2
     lr_min: float = 1e-3
-    epochs: int = 3
+    epochs: int = 4
     warmup_epochs: int = 0  # epochs with lambda_F = 0 (DiffRate's --warmup_compression_rate); 0 = none
     batch_size: int = 16
     n_train: int = 512  # ToyWorld caption samples (train split)
