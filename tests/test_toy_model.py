@@ -10,7 +10,7 @@ from common.data.toyworld import toyworld_split
 from common.models.base import VisionLanguageModel
 from common.models.checkpoint import load_card
 from common.models.toy import ToyConfig, ToyVLM
-from common.models.toy_train import ToyTrainConfig, first_token_accuracy, run, stage_batch
+from common.models.toy_train import ToyTrainConfig, first_token_accuracy, run, stage0_batch, stage_batch
 from common.models.train import TrainConfig, answer_loss, lr_at, train
 
 TINY = ToyConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
@@ -121,11 +121,12 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_run_writes_a_loadable_checkpoint(tmp_path, samples):
     torch.set_num_threads(1)
-    tc = ToyTrainConfig(stage1_steps=1, stage2_steps=2, batch=2, video_every=2, save_every=1, val_per_family=1)
+    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, batch=2, video_every=2, save_every=1,
+                        val_per_family=1)
     card = run(tmp_path / "ck", tc, TINY, progress=False)
     for f in ("model.safetensors", "config.json", "tokenizer.json", "card.json", "toy_config.json"):
         assert (tmp_path / "ck" / f).exists()
-    assert load_card(tmp_path / "ck")["steps"] == {"stage1": 1, "stage2": 2} == card["steps"]
+    assert load_card(tmp_path / "ck")["steps"] == {"stage0": 1, "stage1": 1, "stage2": 2} == card["steps"]
     assert set(card["val_metrics"]["full"]) == {"gqa", "pope", "textvqa", "count", "scene", "mc", "video", "avg"}
     vlm = ToyVLM.load(tmp_path / "ck")
     with torch.no_grad():
@@ -134,3 +135,14 @@ def test_run_writes_a_loadable_checkpoint(tmp_path, samples):
     acc = first_token_accuracy(vlm, samples)
     assert 0.0 <= acc["avg"] <= 100.0
     json.dumps(card)  # the card is plain JSON
+
+
+def test_stage0_patch_labels_match_the_pixels():
+    """Stage 0's dense labels are non-background exactly on the patches whose pixels differ from the background."""
+    b = stage0_batch(12, 0, ToyTrainConfig(batch=3))
+    pix = b["pixel_values"]  # [B, 3, 96, 96]
+    bg = pix[:, :, :1, :1]
+    drawn = (pix != bg).any(1).reshape(3, 12, 8, 12, 8).any(-1).any(2).reshape(3, 144)
+    assert torch.equal(drawn, b["color"] > 0)
+    assert torch.equal(b["color"] > 0, b["shape"] > 0) and torch.equal(b["color"] > 0, b["size"] > 0)
+    assert ((b["digit"] > 0) <= (b["shape"] == 6)).all()  # digits only on tiles (shape index 6 = "tile")
