@@ -146,3 +146,16 @@ def test_stage0_patch_labels_match_the_pixels():
     assert torch.equal(drawn, b["color"] > 0)
     assert torch.equal(b["color"] > 0, b["shape"] > 0) and torch.equal(b["color"] > 0, b["size"] > 0)
     assert ((b["digit"] > 0) <= (b["shape"] == 6)).all()  # digits only on tiles (shape index 6 = "tile")
+
+
+def test_extend_needs_opt_in(tmp_path):
+    torch.set_num_threads(1)
+    tc = ToyTrainConfig(batch=2, video_every=0)
+    vlm = ToyVLM.fresh(TINY)
+    fn = _tiny_batch_fn(vlm, tc)
+    train(vlm.model, fn, TrainConfig(steps=2, save_every=1), state_path=tmp_path / "s.pt", progress=False)
+    with pytest.raises(ValueError, match="state_path"):
+        train(vlm.model, fn, TrainConfig(steps=3, save_every=1), state_path=tmp_path / "s.pt", progress=False)
+    hist = train(vlm.model, fn, TrainConfig(steps=3, save_every=1, log_every=1), state_path=tmp_path / "s.pt",
+                 progress=False, extend=True)
+    assert [h["step"] for h in hist] == [2, 3]

@@ -55,6 +55,7 @@ class ToyTrainConfig:
     val_per_family: int = 48
     # One thread: on 2 cores shared with other jobs, 2 threads thrash (measured 15 s vs 1.1 s per step).
     threads: int = 1
+    extend: bool = False  # allow rerunning with more steps than a saved run (continues it; new schedule)
 
 
 # Per-patch label spaces of stage 0 (index 0 = background).
@@ -160,7 +161,7 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
         cfg = TrainConfig(steps=steps, lr=lr, seed=tc.seed + stage, save_every=tc.save_every)
         hist[stage] = train(vlm.model, lambda step, s=stage: stage_batch(vlm, s, step, tc), cfg,
                             state_path=work / f"stage{stage}.pt", progress=progress, desc=f"stage {stage}",
-                            on_log=log(stage))
+                            on_log=log(stage), extend=tc.extend)
     wall = time.time() - t0
     val = toyworld_split("val", tc.val_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid)
     acc = first_token_accuracy(vlm, val)
@@ -187,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m common.models.toy train", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="checkpoints/toy-llava")
     for f, v in asdict(ToyTrainConfig()).items():
-        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+        if isinstance(v, bool):
+            p.add_argument(f"--{f.replace('_', '-')}", action="store_true")
+        else:
+            p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     for f, v in asdict(ToyConfig()).items():
         p.add_argument(f"--model-{f.replace('_', '-')}", type=type(v), default=v, dest=f"model_{f}")
     p.add_argument("--no-progress", action="store_true")

@@ -84,11 +84,13 @@ def _set_rng_state(s: dict) -> None:
 def train(model: torch.nn.Module, batch_fn: Callable[[int], Batch], cfg: TrainConfig,
           state_path: str | Path | None = None, loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = answer_loss,
           params: Iterable[torch.nn.Parameter] | None = None, progress: bool = True, desc: str = "train",
-          on_log: Callable[[int, dict], None] | None = None) -> list[dict]:
+          on_log: Callable[[int, dict], None] | None = None, extend: bool = False) -> list[dict]:
     """Train `model` for `cfg.steps` steps (AdamW, warmup + cosine, grad clipping); returns the log history.
 
     If `state_path` holds a saved state, training resumes after its step. The state is written every
     `cfg.save_every` steps and at the end. `params` defaults to every parameter with requires_grad.
+    `extend=True` lets a finished (or interrupted) run continue to a larger `cfg.steps`; the schedule is
+    then recomputed for the new length, so the result is not the same as a run planned that long.
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
@@ -101,7 +103,7 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], Batch], cfg: TrainCo
     np.random.seed(cfg.seed)
     saved = load_train_state(state_path) if state_path is not None else None
     if saved is not None:
-        if saved["config"]["steps"] != cfg.steps:
+        if saved["config"]["steps"] != cfg.steps and not (extend and saved["step"] <= cfg.steps):
             raise ValueError(f"state_path: saved run has {saved['config']['steps']} steps, config asks {cfg.steps}")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
