@@ -157,6 +157,10 @@ def test_toy_tables_on_a_tiny_model(toy_ctx):
     assert next(r for r in t2 if r["source"] == "ours")["of"] == 48  # 3 frames x 16 tokens
     t3 = _rows(out / "table3.json")
     assert {r["benchmark"] for r in t3} >= {"TextVQA", "TextVQA + TR", "POPE", "POPE + TR", "POPE TR gain"}
+    from papers.sparsevlm.summary import markdown
+
+    md = markdown(out)  # the README's claims table reads these sidecars
+    assert md.count("| Table 1, ") == 3 and "Table 2, video" in md and md.count("Table 3, ") == 2
     # cached re-run: byte-identical CSV
     first = (out / "table1.csv").read_bytes()
     E.table1("toy")
