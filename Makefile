@@ -47,8 +47,12 @@ SPARSEVLM_ARTIFACTS := sparsevlm-table1 sparsevlm-table2 sparsevlm-table3 sparse
 ATP_ARTIFACTS := atp-table1 atp-table2 atp-table3 atp-table4 atp-table5 atp-table6 atp-fig2 atp-fig4 atp-ratios
 DYRATE_ARTIFACTS := dyrate-table1 dyrate-table2 dyrate-table3 dyrate-table4 dyrate-table5 dyrate-predictor \
 	dyrate-fig-attention dyrate-fig-rate dyrate-fig-curves
-ALL_ARTIFACTS := $(SPARSEVLM_ARTIFACTS) $(ATP_ARTIFACTS) $(DYRATE_ARTIFACTS)
-.PHONY: toy-model toy-report sparsevlm atp dyrate $(ALL_ARTIFACTS)
+STF_ARTIFACTS := stf-table1 stf-table2 stf-table3 stf-table4 stf-table5 stf-table5-controlled stf-fig1 stf-fig3
+ALL_ARTIFACTS := $(SPARSEVLM_ARTIFACTS) $(ATP_ARTIFACTS) $(DYRATE_ARTIFACTS) $(STF_ARTIFACTS)
+STF_VARIANTS := baseline mbtf stf mbtf-stf avgpool tokenconcat mbtf-avgpool mbtf-tokenconcat \
+	mbtf-stf-k2-e2 mbtf-stf-k3-e1 mbtf-stf-k3-e3 mbtf-stf-k4-e4 mbtf-stf-k4-e8
+STF_TRAIN := $(addprefix stf-train-,$(STF_VARIANTS))
+.PHONY: toy-model toy-report sparsevlm atp dyrate stf stf-train $(ALL_ARTIFACTS) $(STF_TRAIN)
 
 $(ALL_ARTIFACTS): setup
 	$(PY) -m common.experiment $@ --scale $(SCALE)
@@ -56,6 +60,21 @@ $(ALL_ARTIFACTS): setup
 sparsevlm: $(SPARSEVLM_ARTIFACTS)  ## every SparseVLM table and figure
 atp: $(ATP_ARTIFACTS)  ## every ATP-LLaVA table and figure
 dyrate: $(DYRATE_ARTIFACTS)  ## every DyRate table and figure
+stf: $(STF_ARTIFACTS)  ## every LLaVA-STF table and figure (trains the missing projector variants first)
+
+$(STF_TRAIN): stf-train-%: setup
+	$(PY) -m papers.stf.train $*
+stf-train: $(STF_TRAIN)  ## train every STF toy variant (6-11 min each, resumable)
+# the STF tables need trained projector variants (checkpoints/stf-<variant>/, not committed)
+stf-table2: stf-train-baseline stf-train-avgpool stf-train-mbtf-stf
+stf-table3: stf-train-baseline stf-train-mbtf stf-train-stf stf-train-mbtf-stf
+stf-table4: stf-train-baseline stf-train-mbtf-stf stf-train-mbtf-stf-k2-e2 stf-train-mbtf-stf-k3-e1 \
+	stf-train-mbtf-stf-k3-e3 stf-train-mbtf-stf-k4-e4 stf-train-mbtf-stf-k4-e8
+stf-table5: stf-train-avgpool stf-train-tokenconcat stf-train-mbtf-stf
+stf-table5-controlled: stf-train-baseline stf-train-mbtf stf-train-avgpool stf-train-mbtf-avgpool \
+	stf-train-tokenconcat stf-train-mbtf-tokenconcat stf-train-stf stf-train-mbtf-stf
+stf-fig1: stf-train-baseline stf-train-avgpool stf-train-mbtf-stf
+stf-fig3: stf-train-baseline stf-train-mbtf-stf
 
 # ---- Aggregates --------------------------------------------------------------------------------------
 table1: setup  ## Table 1 of every paper that has one
