@@ -86,7 +86,7 @@ def claims(folder: Path = FIGURES / "sparsevlm") -> list[tuple[str, str, str, st
         rows.append(("Table 4: SparseVLM at 64 is faster than FastV at 192 (time reduction %, SparseVLM / FastV)",
                      "53.9 / 30.7 (A100, CUDA time)",
                      f"total {_f(s['time red. %'])} / {_f(fv['time red. %'])}; prefill {_f(s['prefill red. %'])} / "
-                     f"{_f(fv['prefill red. %'])} (this CPU, 1 thread, batch 1)",
+                     f"{_f(fv['prefill red. %'])} (this CPU, {t4['provenance']['config'].get('threads')} thread(s), batch 1)",
                      _yes(s["time red. %"] > fv["time red. %"] and s["time red. %"] > 0)))
     f4 = _load(folder, "fig4")
     if f4:
