@@ -65,7 +65,8 @@ def _import_all_experiments() -> None:
 
 
 def load_vlm(scale: str = "toy", checkpoint: str | Path | None = None):
-    """The `VisionLanguageModel` of a scale. toy: checkpoints/toy-llava (or `checkpoint`)."""
+    """The `VisionLanguageModel` of a scale. toy: checkpoints/toy-llava (or `checkpoint`); paper: the HF
+    LLaVA folder `checkpoint` or $MODEL_PATH (read offline, see common.models.llava_hf)."""
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
     if scale == "toy":
@@ -75,6 +76,10 @@ def load_vlm(scale: str = "toy", checkpoint: str | Path | None = None):
         from common.models.toy import ToyVLM
 
         return ToyVLM.load(path)
+    if scale == "paper":
+        from common.models.llava_hf import load_paper_vlm
+
+        return load_paper_vlm(checkpoint)
     raise NotImplementedError(f"scale={scale!r}: this model loader is not implemented yet (see the README's status table)")
 
 
