@@ -5,6 +5,18 @@ Every registered reducer needs an entry: `prune` kwargs that drop tokens on the 
 """
 from __future__ import annotations
 
+import torch
+
+from papers.atp.module import ATPConfig, ATPModules
+
+
+def _atp_modules(fixed_keep: tuple[int, int]) -> ATPModules:
+    """ATP modules for the tiny model (16 visual tokens, 4 layers) with fixed top-c keeps: deterministic
+    pruning without training (Table 2's fixed-ratio form); thresholds are covered by tests/test_atp_module.py."""
+    torch.manual_seed(0)
+    return ATPModules(ATPConfig(n_visual=16, layers=(1, 3), n_layers=4, hidden=16, fixed_keep=fixed_keep))
+
+
 CASES = {
     "fastv": {"prune": dict(K=2, ratio=0.5), "keep_all": dict(K=2, ratio=0.0)},
     "random": {"prune": dict(layer=1, budget=0.25), "keep_all": dict(layer=1, budget=1.0)},
@@ -15,4 +27,5 @@ CASES = {
     "dyrate": {"prune": dict(K=2, rate=0.5), "keep_all": dict(K=2, rate=0.0)},  # fixed-rate FP mode
     # recycling off: the shared cache-free replay (FixedKeep) cannot rebuild merged tokens; tests/test_sparsevlm_method.py covers it
     "sparsevlm": {"prune": dict(scale=1.0, recycle=False), "keep_all": dict(mode="paper", lam=0.0)},
+    "atp": {"prune": dict(modules=_atp_modules((8, 4))), "keep_all": dict(modules=_atp_modules((16, 16)))},
 }
