@@ -50,7 +50,7 @@ from common.metrics import consistency
 from common.reduction import reduce_tokens
 from common.schedule import PAPER_VISUAL, map_layer
 from papers.sparsevlm import reported as R
-from papers.sparsevlm.method import SparseVLM, calibrate, resolve_score_layers
+from papers.sparsevlm.method import Calibration, SparseVLM, calibrate, resolve_score_layers
 
 SCALES = ("toy", "paper")
 MAX_NEW_TOKENS = {"caption": 48, "default": 8}
@@ -266,34 +266,19 @@ def sparsevlm(ctx: Ctx, budget: float, family: str, *, total: float = PAPER_VISU
     if path.exists():
         rec = json.loads(path.read_text())
         knob = "scale" if cfg.get("mode", "official") == "official" else "lam"
-        cal = _CalRecord(SparseVLM(**{**cfg, knob: rec["value"]}), knob, rec["value"], rec["target"],
-                         rec["achieved"], rec["n_visual"], rec["feasible"])
+        cal = Calibration(SparseVLM(**{**cfg, knob: rec["value"]}), knob, rec["value"], rec["target"],
+                          rec["achieved"], rec["n_visual"], rec["feasible"])
     else:
         print(f"[sparsevlm] calibrating {family} for {budget:g} of {total:g} {cfg or ''}", flush=True)
         res = calibrate(ctx.vlm.model, _batches(ctx, calib), target, image_token_id=ctx.vlm.image_token_id,
                         n_visual=n_vis, iters=ctx.settings.calib_iters, **cfg)
-        cal = _CalRecord(res.reducer, res.knob, res.value, res.target, res.achieved, res.n_visual, res.feasible)
+        cal = res
         CALIB_DIR.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"value": res.value, "target": res.target, "achieved": res.achieved,
                                     "n_visual": res.n_visual, "feasible": res.feasible, "config": cfg,
                                     "family": family, "budget": budget, "total": total}, indent=1, sort_keys=True))
     ctx.calibrations[key] = cal
     return cal
-
-
-@dataclass(frozen=True)
-class _CalRecord:
-    reducer: SparseVLM
-    knob: str
-    value: float
-    target: float
-    achieved: float
-    n_visual: float
-    feasible: bool
-
-    @property
-    def achieved_paper(self) -> float:
-        return self.achieved / self.n_visual * PAPER_VISUAL
 
 
 def method_reducer(ctx: Ctx, method: str, budget: int, family: str):
