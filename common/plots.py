@@ -14,12 +14,11 @@ from __future__ import annotations
 import warnings
 from typing import Any, Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display (CI, notebooks executed headless)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+# No `matplotlib.use(...)` here: headless runs get Agg by default, and forcing it would stop the walkthrough
+# notebooks' inline backend from showing any figure.
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
 PALETTE = "colorblind"
 # Fixed colours per token type, so every attention plot uses the same ones.

@@ -327,9 +327,6 @@ def fig1_rows(scores: Mapping[str, Scores]) -> list[dict]:
 
 
 def fig1_figure(scores: Mapping[str, Scores]):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 6))
@@ -370,9 +367,6 @@ def pick_cases(samples, base_pred: Mapping[str, str], stf_pred: Mapping[str, str
 @artifact("stf-fig3", kind="figure")
 def fig3(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
     """make stf-fig3: case study, image + question + answers of the baseline (144 tokens) and MBTF+STF (36)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t0 = time.time()
