@@ -3,7 +3,7 @@
 Every count here is analytical: it needs only the decoder's dimensions (`DecoderDims`, from an HF config
 or a named preset) and how many tokens each decoder layer processes. Nothing runs a model.
 
-Conventions (see /work/shared/prior-art.md §4 for who uses which):
+Conventions (see shared/prior-art.md §4 for who uses which):
 
 * **MACs, not FLOPs.** FastV, PDrop, SparseVLM and ATP count one multiply-accumulate as one "FLOP".
   `flops_per_mac=2` gives real floating-point operations (what calflops prints, STF's convention).

@@ -3,7 +3,7 @@
 Where a printed number cannot be re-derived under any convention (SparseVLM Table 4's and ATP Table 6's
 9.6 T, ATP's FLOPs reductions), the test pins the closest convention's value and asserts the gap, so a
 later "fix" that silently matches the paper would have to change the test on purpose.
-Oracles: /work/shared/prior-art.md §4 and the papers' specs (sparsevlm §3.8/§4/Table 4, stf §7,
+Oracles: shared/prior-art.md §4 and the papers' specs (sparsevlm §3.8/§4/Table 4, stf §7,
 atp §6/§11/Tables 2 and 6, dyrate §7/Table III).
 """
 from __future__ import annotations
