@@ -58,6 +58,21 @@ def check_count(k: int, n_visual: int, name: str = "budget") -> int:
     return int(k)
 
 
+def check_keep_spec(budget: float | int | None = None, keep: int | None = None,
+                    ratio: float | None = None) -> float | None:
+    """Validate a reducer's keep specification when it is built (not at its first forward), as `resolve_keep`
+    reads it later; returns `ratio`, defaulting to FastV's R = 0.5 when nothing is given."""
+    if budget is None and keep is None and ratio is None:
+        ratio = 0.5
+    if budget is not None:
+        budget_fraction(budget)
+    if keep is not None and (not isinstance(keep, int) or keep < 0):
+        raise ValueError(f"keep: must be a non-negative integer, got {keep!r}")
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio: the pruned fraction R must lie in [0, 1], got {ratio}")
+    return ratio
+
+
 def resolve_keep(n_visual: int, *, budget: float | int | None = None, keep: int | None = None,
                  ratio: float | None = None) -> int:
     """Kept count from exactly one of: `budget` (fraction or paper budget), `keep` (absolute count at this

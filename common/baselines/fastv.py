@@ -21,7 +21,7 @@ import torch
 from common.attention import AttentionSlice
 from common.reduction import Needs, ReductionContext, Reducer, Selection
 from common.registry import register
-from common.schedule import budget_fraction, resolve_keep
+from common.schedule import check_keep_spec, resolve_keep
 
 
 def fastv_scores(attn: torch.Tensor, q_valid: torch.Tensor) -> torch.Tensor:
@@ -55,14 +55,7 @@ class FastV(Reducer):
             raise ValueError(f"K: FastV needs the attention of layer K-1, so K >= 1; got {K!r}")
         if query not in ("last", "all"):
             raise ValueError(f"query: expected 'last' or 'all', got {query!r}")
-        if ratio is None and budget is None and keep is None:
-            ratio = 0.5
-        if budget is not None:
-            budget_fraction(budget)  # validate now, not at the first forward
-        if keep is not None and (not isinstance(keep, int) or keep < 0):
-            raise ValueError(f"keep: must be a non-negative integer, got {keep!r}")
-        if ratio is not None and not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio: the pruned fraction R must lie in [0, 1], got {ratio}")
+        ratio = check_keep_spec(budget, keep, ratio)
         self.K, self.ratio, self.budget, self.keep, self.query = K, ratio, budget, keep, query
         self.layers = (K,)
         self.needs = Needs(attention=AttentionSlice(queries=query, keys="visual"))

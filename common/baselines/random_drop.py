@@ -12,7 +12,7 @@ import torch
 
 from common.reduction import ReductionContext, Reducer, Selection
 from common.registry import register
-from common.schedule import budget_fraction, resolve_keep
+from common.schedule import check_keep_spec, resolve_keep
 
 
 def sample_seed(seed: int, layer: int, ctx: ReductionContext, b: int) -> int:
@@ -36,12 +36,7 @@ class RandomDrop(Reducer):
 
     def __init__(self, layer: int | tuple[int, ...] = 0, budget: float | int | None = None,
                  keep: int | None = None, ratio: float | None = None, seed: int = 0):
-        if budget is None and keep is None and ratio is None:
-            ratio = 0.5
-        if budget is not None:
-            budget_fraction(budget)
-        if keep is not None and (not isinstance(keep, int) or keep < 0):
-            raise ValueError(f"keep: must be a non-negative integer, got {keep!r}")
+        ratio = check_keep_spec(budget, keep, ratio)
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
         if any(not isinstance(l, int) or l < 0 for l in layers):
             raise ValueError(f"layer: must be non-negative integers, got {layer!r}")

@@ -17,7 +17,7 @@ import torch
 from common.clustering import bipartite_soft_matching, merge_wavg
 from common.reduction import ReductionContext, Reducer, Selection
 from common.registry import register
-from common.schedule import budget_fraction, resolve_keep
+from common.schedule import check_keep_spec, resolve_keep
 
 
 def tome_merge(x: torch.Tensor, metric: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,12 +52,7 @@ class ToMe(Reducer):
 
     def __init__(self, layer: int = 2, budget: float | int | None = None, keep: int | None = None,
                  ratio: float | None = None):
-        if budget is None and keep is None and ratio is None:
-            ratio = 0.5
-        if budget is not None:
-            budget_fraction(budget)
-        if keep is not None and (not isinstance(keep, int) or keep < 0):
-            raise ValueError(f"keep: must be a non-negative integer, got {keep!r}")
+        ratio = check_keep_spec(budget, keep, ratio)
         if not isinstance(layer, int) or layer < 0:
             raise ValueError(f"layer: must be a non-negative layer index, got {layer!r}")
         self.layers = (layer,)
