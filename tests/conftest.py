@@ -26,3 +26,19 @@ def _deterministic_torch():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The 4-layer tiny random LLaVA most hook tests share (a test module may define its own `model`)."""
+    from common.models.tiny import tiny_llava
+
+    return tiny_llava(seed=0, num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    """A left-padded batch of 3 prompts of different lengths for `model`."""
+    from common.models.tiny import make_batch, num_image_tokens
+
+    return make_batch(batch_size=3, n_image_tokens=num_image_tokens(model), seed=1)

@@ -13,16 +13,6 @@ T = 4
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_llava(seed=0, num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def batch(model):
-    return make_batch(batch_size=3, n_image_tokens=num_image_tokens(model), seed=1)
-
-
-@pytest.fixture(scope="module")
 def trace(model, batch):
     return generation_shares(model, batch.inputs(), max_new_tokens=T)
 

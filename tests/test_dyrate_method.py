@@ -16,16 +16,6 @@ from papers.dyrate.predictor import RatePredictor
 T = 6
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llava(seed=0, num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def batch(model):
-    return make_batch(batch_size=3, n_image_tokens=num_image_tokens(model), seed=1)
-
-
 def _gen(model, batch, reducer=None, **kw):
     ctx = reduce_tokens(model, reducer) if reducer is not None else None
     kw = {**(reducer.generate_kwargs() if reducer is not None else {}), **kw}

@@ -16,16 +16,6 @@ from tests._reducer_cases import CASES
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llava(seed=0, num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def batch(model):
-    return make_batch(batch_size=3, n_image_tokens=num_image_tokens(model), seed=1)
-
-
 def _logits(model, inputs):
     with torch.no_grad():
         return model(**inputs).logits
