@@ -159,3 +159,25 @@ def test_extend_needs_opt_in(tmp_path):
     hist = train(vlm.model, fn, TrainConfig(steps=3, save_every=1, log_every=1), state_path=tmp_path / "s.pt",
                  progress=False, extend=True)
     assert [h["step"] for h in hist] == [2, 3]
+
+
+def test_dialogue_batch_first_turn_is_the_eval_prompt_and_every_answer_is_supervised():
+    from common.data.toyworld import make_dialogue
+
+    vlm = ToyVLM.fresh(TINY)
+    dialogues = [make_dialogue("train", 0, i, {"gqa": 1.0, "count": 1.0, "mc": 1.0}, 4) for i in range(3)]
+    b = vlm.build_dialogue_batch(dialogues)
+    assert b["pixel_values"].shape[0] == 3
+    for row, lab, turns in zip(b["input_ids"], b["labels"], dialogues):
+        row = row[row != vlm.pad_id].tolist()
+        first = vlm.prompt_ids(turns[0]) + vlm.answer_ids(turns[0])
+        assert row[:len(first)] == first  # turn 1 looks exactly like an evaluation prompt + answer
+        assert lab[lab != -100].tolist() == sum((vlm.answer_ids(s) for s in turns), [])
+        assert row.count(vlm.image_token_id) == 144
+    with pytest.raises(ValueError, match="dialogue"):
+        vlm.build_dialogue_batch([[]])
+
+
+def test_stage0_position_labels_cover_the_grid():
+    b = stage0_batch(12, 0, ToyTrainConfig(batch=2))
+    assert torch.equal(b["row"][0], torch.arange(144) // 12) and torch.equal(b["col"][1], torch.arange(144) % 12)

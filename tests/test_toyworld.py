@@ -157,3 +157,44 @@ def test_tokenizer_round_trip(tmp_path):
     assert again.get_vocab() == tok.get_vocab() and again.encode(text).ids == ids
     assert build_tokenizer().get_vocab() == tok.get_vocab()  # deterministic ids
     assert {PAD, BOS, EOS, IMAGE} <= set(tok.get_vocab())
+
+
+def test_dialogue_turns_share_one_training_scene_and_never_repeat_a_question():
+    from common.data.toyworld import make_dialogue
+
+    mix = {"gqa": 3.0, "pope": 1.5, "textvqa": 1.5, "count": 2.5, "scene": 0.5, "mc": 1.5}
+    for i in range(20):
+        turns = make_dialogue("train", 0, i, mix, 6)
+        assert len(turns) <= 6 and len(turns) >= 3
+        assert len({s.meta["scene_key"] for s in turns}) == 1 and scene_split(turns[0].meta["scene_key"]) == "train"
+        assert all(s.images[0] is turns[0].images[0] for s in turns)  # rendered once
+        asked = [(s.meta["qkind"], s.question.split(" options")[0]) for s in turns]
+        assert len(set(asked)) == len(asked)
+        assert all(s.family in mix for s in turns)
+    a, b = make_dialogue("train", 0, 7, mix, 6), make_dialogue("train", 0, 7, mix, 6)
+    assert _fingerprint(a) == _fingerprint(b)
+    with pytest.raises(ValueError, match="turns"):
+        make_dialogue("train", 0, 0, mix, 0)
+
+
+def test_dialogue_counts_count_the_given_scene():
+    """Counting on a given scene counts its objects (the benchmark's counts are drawn count-first instead)."""
+    import random
+
+    from common.data.toyworld import _ask_count
+    from common.data.toyworld_render import PLURALS
+
+    scene = Scene(12, "gray", (Obj("circle", "red", "small", 0, 0), Obj("circle", "blue", "large", 4, 4),
+                               Obj("cross", "red", "small", 8, 8)))
+    seen = set()
+    for k in range(60):
+        q = _ask_count(random.Random(k), scene)
+        seen.add(q.kind)
+        if q.kind == "count_all":
+            assert q.answer == "3"
+        elif q.kind == "count_shape":
+            shape = next(sh for sh, pl in PLURALS.items() if pl == q.args["shapes"])
+            assert q.answer == str(sum(o.shape == shape for o in scene.objects))
+        else:
+            assert q.answer == str(sum(o.color == q.args["color"] for o in scene.objects))
+    assert seen == {"count_all", "count_shape", "count_color"}

@@ -75,8 +75,13 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "appeared": ("which shape appeared ?", "what shape shows up ?", "which shape is new in the last frame ?"),
     "appeared_color": ("what color is the object that appeared ?", "what color is the new object ?",
                        "which color shows up ?"),
+    # Training-only "lookup lists" (dialogue turns, never in a benchmark): see `_ask_lookup`.
+    "list_color": ("what color is each shape ?",),
+    "list_shape": ("what shape is each color ?",),
+    "list_digit": ("what number is on each tile ?",),
 }
 MC_SUFFIX = "options : {opts} . answer with the letter ."
+TRAIN_ONLY_FAMILIES: tuple[str, ...] = ("lookup",)
 
 
 # ---------------------------------------------------------------- scenes
@@ -154,7 +159,11 @@ def _unique(scene: Scene, attr: str) -> list[Obj]:
 
 
 def _q_gqa(rng: random.Random, grid: int, i: int) -> _Q | None:
-    scene = random_scene(rng, grid)
+    return _ask_gqa(rng, random_scene(rng, grid))
+
+
+def _ask_gqa(rng: random.Random, scene: Scene) -> _Q | None:
+    """An attribute or spatial-relation question about `scene` (None if it has no suitable object)."""
     kind = rng.choices(["color_of", "shape_of", "size_of", "rel"], weights=[3, 3, 1, 3])[0]
     if kind == "color_of":
         cands = [o for o in _unique(scene, "shape")]
@@ -189,9 +198,13 @@ def _q_gqa(rng: random.Random, grid: int, i: int) -> _Q | None:
 def _q_pope(rng: random.Random, grid: int, i: int) -> _Q | None:
     # Balanced by index: even -> yes, odd -> no; the negative-sampling split cycles with the index.
     scene = random_scene(rng, grid)
+    return _ask_pope(rng, scene, i % 2 == 0, POPE_SPLITS[(i // 2) % 3])
+
+
+def _ask_pope(rng: random.Random, scene: Scene, positive: bool, pope_split: str) -> _Q | None:
+    """An existence question about `scene`: a present object, or an absent one drawn as `pope_split` says."""
     present = {o.name() for o in scene.objects}
-    pope_split = POPE_SPLITS[(i // 2) % 3]
-    if i % 2 == 0:
+    if positive:
         o = rng.choice(scene.objects)
         return _Q([scene], "exist", {"obj": o.name()}, "yes", "yesno", meta={"pope_split": pope_split})
     if pope_split == "random":
@@ -219,7 +232,13 @@ def _tile_scene(rng: random.Random, grid: int) -> tuple[Scene, list[Obj]]:
 
 
 def _q_textvqa(rng: random.Random, grid: int, i: int) -> _Q | None:
-    scene, tiles = _tile_scene(rng, grid)
+    scene, _ = _tile_scene(rng, grid)
+    return _ask_read(rng, scene)
+
+
+def _ask_read(rng: random.Random, scene: Scene) -> _Q | None:
+    """Read the digit of one tile of `scene` (None if it has no tile)."""
+    tiles = [o for o in scene.objects if o.shape == "tile"]
     if not tiles:
         return None
     o = rng.choice(tiles)
@@ -266,14 +285,19 @@ def _q_scene(rng: random.Random, grid: int, i: int) -> _Q | None:
 
 def _q_mc(rng: random.Random, grid: int, i: int) -> _Q | None:
     kind = rng.choice(["color_of", "shape_of", "read"])
+    scene = _tile_scene(rng, grid)[0] if kind == "read" else random_scene(rng, grid)
+    return _ask_mc(rng, scene, kind)
+
+
+def _ask_mc(rng: random.Random, scene: Scene, kind: str) -> _Q | None:
+    """A four-option version of a `kind` ("color_of", "shape_of", "read") question about `scene`."""
     if kind == "read":
-        scene, tiles = _tile_scene(rng, grid)
+        tiles = [o for o in scene.objects if o.shape == "tile"]
         if not tiles:
             return None
         o = rng.choice(tiles)
         args, ans, pool = {"color": o.color}, o.digit, DIGITS
     else:
-        scene = random_scene(rng, grid)
         cands = _unique(scene, "shape" if kind == "color_of" else "color")
         if not cands:
             return None
@@ -349,6 +373,103 @@ _BUILDERS: dict[str, Callable[..., _Q | None]] = {
     "gqa": _q_gqa, "pope": _q_pope, "textvqa": _q_textvqa, "count": _q_count,
     "scene": _q_scene, "mc": _q_mc, "caption": _q_caption, "video": _q_video,
 }
+
+
+def _ask_count(rng: random.Random, scene: Scene) -> _Q:
+    """A counting question about a given `scene` (training dialogues; the benchmark's `_q_count` instead
+    draws the count first so that its answer prior is flat). Half the time it names something present."""
+    kind = rng.choices(["count_shape", "count_color", "count_all"], weights=[2, 2, 1])[0]
+    if kind == "count_all":
+        return _Q([scene], kind, {}, str(len(scene.objects)), "number", meta={"qtype": kind})
+    attr, pool = ("shape", PLAIN_SHAPES) if kind == "count_shape" else ("color", tuple(COLORS))
+    present = sorted({getattr(o, attr) for o in scene.objects} & set(pool))
+    value = rng.choice(present) if present and rng.random() < 0.5 else rng.choice(pool)
+    n = sum(getattr(o, attr) == value for o in scene.objects)
+    args = {"shapes": PLURALS[value]} if attr == "shape" else {"color": value}
+    return _Q([scene], kind, args, str(n), "number", meta={"qtype": kind})
+
+
+def _ask_lookup(rng: random.Random, scene: Scene) -> _Q | None:
+    """A training-only list of key -> value pairs, keys in vocabulary order (not spatial order):
+    "what color is each shape ?" -> "circle red , triangle blue". After emitting a key word the model must
+    find the patches that carry it and read another attribute there: the one-hop, content-keyed lookup
+    that every gqa / textvqa / mc question needs as its second hop. Without it the toy model learned the
+    two-hop questions only very slowly (ToyWorld's first design: gqa attribute questions at chance after
+    3000 steps; the model card records the curve of the current recipe)."""
+    kind = rng.choice(["list_color", "list_shape", "list_digit"])
+    if kind == "list_digit":
+        objs = [o for o in _unique(scene, "color") if o.shape == "tile"]
+        pairs = sorted((tuple(COLORS).index(o.color), o.color, o.digit) for o in objs)
+    elif kind == "list_color":
+        objs = _unique(scene, "shape")
+        pairs = sorted((SHAPES.index(o.shape), o.shape, o.color) for o in objs)
+    else:
+        objs = _unique(scene, "color")
+        pairs = sorted((tuple(COLORS).index(o.color), o.color, o.shape) for o in objs)
+    if not pairs:
+        return None
+    answer = " , ".join(f"{k} {v}" for _, k, v in pairs)
+    return _Q([scene], kind, {}, answer, "caption")
+
+
+def _ask_any(rng: random.Random, scene: Scene, family: str) -> _Q | None:
+    """A question of `family` about a given single-image `scene` (None if the scene can't support it)."""
+    if family == "gqa":
+        return _ask_gqa(rng, scene)
+    if family == "pope":
+        return _ask_pope(rng, scene, rng.random() < 0.5, rng.choice(POPE_SPLITS))
+    if family == "textvqa":
+        return _ask_read(rng, scene)
+    if family == "count":
+        return _ask_count(rng, scene)
+    if family == "scene":
+        return _Q([scene], "background", {}, scene.background)
+    if family == "mc":
+        return _ask_mc(rng, scene, rng.choice(["color_of", "shape_of", "read"]))
+    if family == "caption":
+        refs = caption_of(scene)
+        return _Q([scene], "caption", {}, refs[0], "caption", references=refs)
+    if family == "lookup":
+        return _ask_lookup(rng, scene)
+    raise ValueError(f"family {family!r} has no single-image dialogue questions")
+
+
+def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turns: int, grid: int = 12,
+                  cell: int = CELL) -> list[Sample]:
+    """`turns` questions about one fresh scene of `split` (a multi-turn conversation, as LLaVA's
+    instruction data): the image's tokens are paid once and supervise every turn, which is what lets the
+    toy model learn object lookup within the 90-minute training budget. Families are drawn with `weights`
+    among those the scene supports (a scene without tiles asks no reading question), and no question is
+    asked twice. Captions are better kept out of `weights`: a caption would answer the later turns."""
+    _check(split, [f for f in weights if f not in TRAIN_ONLY_FAMILIES] or list(weights), grid, None)
+    if turns < 1:
+        raise ValueError(f"turns must be >= 1, got {turns}")
+    rng = random.Random(f"toyworld-dialogue:{seed}:{split}:{i}")
+    while True:
+        scene = random_scene(rng, grid, 2, 7, tile_p=0.25)
+        if scene_split(scene.key()) == split:
+            break
+    image = render(scene, cell)
+    fams, w = list(weights), list(weights.values())
+    out: list[Sample] = []
+    asked: set[tuple] = set()  # a question asked twice (say, as gqa then as mc) would answer itself
+    for _ in range(50 * turns):
+        if len(out) == turns:
+            break
+        family = rng.choices(fams, weights=w)[0]
+        q = _ask_any(rng, scene, family)
+        if q is None or (q.kind, *sorted(q.args.items())) in asked:
+            continue
+        asked.add((q.kind, *sorted(q.args.items())))
+        t = rng.randrange(len(TEMPLATES[q.kind]))
+        question = TEMPLATES[q.kind][t].format(**q.args) + (f" {q.suffix}" if q.suffix else "")
+        out.append(Sample(
+            id=f"toyworld-dialogue-{split}-{seed}-{i}-{len(out)}", family=family, images=[image],
+            question=question, answer=q.answer, answer_type=q.answer_type, choices=q.choices,
+            references=list(q.references or [q.answer]),
+            meta={**q.meta, "qkind": q.kind, "template": t, "grid": grid, "scene_key": scene.key(), "split": split},
+        ))
+    return out
 
 
 # ---------------------------------------------------------------- samples

@@ -158,6 +158,28 @@ class ToyVLM:
         batch["pixel_values"] = self.pixel_values(samples)
         return batch
 
+    def build_dialogue_batch(self, dialogues: Sequence[Sequence[Sample]]) -> dict[str, torch.Tensor]:
+        """Multi-turn training rows: the first turn is exactly `build_training_batch`'s row, later turns
+        append `question : ... answer : {answer} <eos>` (all turns of a row share its first sample's
+        images). The loss sees every turn's answer tokens."""
+        rows, labels = [], []
+        for turns in dialogues:
+            if not turns:
+                raise ValueError("dialogues: every dialogue needs at least one turn")
+            row = self.prompt_ids(turns[0])
+            lab = [-100] * len(row)
+            for k, s in enumerate(turns):
+                if k:
+                    q = self.tokenizer.encode(f"question : {s.question} answer :").ids
+                    row, lab = row + q, lab + [-100] * len(q)
+                a = self.answer_ids(s)
+                row, lab = row + a, lab + a
+            rows.append(row)
+            labels.append(lab)
+        batch = self._left_pad(rows, labels)
+        batch["pixel_values"] = self.pixel_values([d[0] for d in dialogues])
+        return batch
+
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         """Generated ids -> text, cut at the first EOS, padding dropped."""
         out = []

@@ -2,13 +2,17 @@
 
 LLaVA-1.5's two stages, preceded by a stage 0 that stands in for CLIP's pretraining:
   0. *added*: the CLIP tower is pretrained alone with dense per-patch labels (colour, shape, digit and
-     size of the object under each patch, linear heads discarded afterwards). LLaVA starts from a
+     size of the object under each patch, and the patch's row and column; linear heads discarded
+     afterwards), then rescaled so its features are O(1) per dimension (`rescale_tower_features`). LLaVA starts from a
      pretrained CLIP; ours starts from random weights, and without this stage the whole model sat at
      chance after 600 end-to-end steps (measured: val accuracy at chance on every family but "scene").
      The tower is then frozen, as in LLaVA (and as stf.md §12 advises for the toy scale).
   1. alignment on captions: projector trained on image-caption pairs. *Changed from LLaVA*: the LM is
      trained too (LLaVA freezes Vicuna here, but ours is random and must learn language).
   2. instruction tuning on every ToyWorld family: projector + LM trained, tower frozen (as LLaVA).
+     Single-image questions come as multi-turn dialogues (`turns` questions about one scene, as LLaVA's
+     instruction data): the 144 visual tokens dominate a row's cost, so six turns give ~6x the answer
+     supervision for ~1.5x the compute. Captions and clips get batches of their own.
 The loss is on answer tokens only. Each stage is resumable (common.models.train); a stage that finished
 is skipped on rerun. Batches are pure functions of (seed, stage, step), so a resumed run is identical.
 Video clips (3 frames = 3x the visual tokens) go in their own smaller batches every `video_every` steps,
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common.data.sample import Sample
-from common.data.toyworld import FAMILIES, make_sample, random_scene, scene_split, toyworld_split
+from common.data.toyworld import FAMILIES, make_dialogue, make_sample, random_scene, scene_split, toyworld_split
 from common.data.toyworld_render import COLORS, DIGITS, SHAPES, render
 from common.models.toy import ToyConfig, ToyVLM, image_to_tensor
 from common.models.train import TrainConfig, train
@@ -37,7 +41,7 @@ from common.models.train import TrainConfig, train
 # Family weights of the instruction-tuning mix (video comes in its own batches). Fine-grained families
 # (relations, counting, reading) get more weight: they are the slowest to learn.
 MIX: dict[str, float] = {"gqa": 3.0, "pope": 1.5, "textvqa": 1.5, "count": 2.5, "scene": 0.5, "mc": 1.5,
-                         "caption": 1.0}
+                         "caption": 1.0, "lookup": 3.0}  # "lookup": training-only dialogue turns (toyworld)
 
 
 @dataclass
@@ -45,16 +49,20 @@ class ToyTrainConfig:
     stage0_steps: int = 600  # 0.23 s per step: ~2.5 min; digits are the slowest head
     stage0_lr: float = 2e-3
     stage1_steps: int = 200
-    stage2_steps: int = 1800  # ~2000 steps x ~1.1 s (one core) = ~37 min in all
+    stage2_steps: int = 6000  # dialogue steps; ~0.5 s each with 2 threads: ~50 min
     batch: int = 32
     video_every: int = 6  # every 6th stage-2 step is a batch of batch // 3 clips (~same tokens as 32 images)
+    turns: int = 6  # questions per image in a stage-2 dialogue; a dialogue batch holds batch // 2 images
     lr1: float = 1e-3
     lr2: float = 1e-3
     seed: int = 0  # data seed and init seed
     save_every: int = 25
     val_per_family: int = 48
-    # One thread: on 2 cores shared with other jobs, 2 threads thrash (measured 15 s vs 1.1 s per step).
-    threads: int = 1
+    curve_every: int = 250  # stage-2 steps between learning-curve points (0 = none)
+    curve_per_family: int = 8  # val samples per family at each learning-curve point
+    # Two threads on an idle 2-core machine (0.45 s vs 1.0 s per step); pass --threads 1 when sharing the
+    # cores with other jobs (2 threads then thrash: measured 15 s vs 1.1 s per step).
+    threads: int = 2
     extend: bool = False  # allow rerunning with more steps than a saved run (continues it; new schedule)
 
 
@@ -63,12 +71,17 @@ _PATCH_HEADS = {"color": ["-", *COLORS], "shape": ["-", *SHAPES], "digit": ["-",
 
 
 class TowerPretrainer(torch.nn.Module):
-    """The CLIP tower + one linear head per patch attribute (stage 0). Heads are dropped afterwards."""
+    """The CLIP tower + one linear head per patch attribute and per patch coordinate (stage 0).
 
-    def __init__(self, tower: torch.nn.Module, width: int):
+    The row and column heads make every patch feature carry its own grid position explicitly, so that
+    relation questions ("left of", "above") and "which object moved" compare features instead of having
+    to decode a flattened sequence index from RoPE. Heads are dropped afterwards."""
+
+    def __init__(self, tower: torch.nn.Module, width: int, grid: int):
         super().__init__()
         self.tower = tower
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, len(v)) for k, v in _PATCH_HEADS.items()})
+        sizes = {**{k: len(v) for k, v in _PATCH_HEADS.items()}, "row": grid, "col": grid}
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, n) for k, n in sizes.items()})
 
 
 def stage0_batch(grid: int, step: int, tc: ToyTrainConfig, cell: int = 8) -> dict[str, torch.Tensor]:
@@ -87,13 +100,38 @@ def stage0_batch(grid: int, step: int, tc: ToyTrainConfig, cell: int = 8) -> dic
                     lab[k][r * grid + c] = _PATCH_HEADS[k].index(v)
         for k in _PATCH_HEADS:
             labels[k].append(lab[k])
-    return {"pixel_values": torch.stack(pix), **{k: torch.stack(v) for k, v in labels.items()}}
+    cells = torch.arange(grid * grid)
+    n = len(pix)
+    return {"pixel_values": torch.stack(pix), **{k: torch.stack(v) for k, v in labels.items()},
+            "row": (cells // grid).expand(n, -1), "col": (cells % grid).expand(n, -1)}
 
 
 def tower_loss(m: TowerPretrainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over heads of the per-patch cross-entropy, on the layer LLaVA reads (last hidden state, CLS dropped)."""
     feats = m.tower(pixel_values=batch["pixel_values"], output_hidden_states=True).hidden_states[-1][:, 1:]
     return sum(F.cross_entropy(h(feats).flatten(0, 1), batch[k].flatten()) for k, h in m.heads.items())
+
+
+@torch.no_grad()
+def rescale_tower_features(tower: torch.nn.Module, pixel_values: torch.Tensor, target_rms: float = 1.0) -> float:
+    """Rescale a CLIP tower so that its last hidden state has RMS `target_rms` per dimension; returns the factor.
+
+    Why: stage 0's cross-entropy heads drive the residual stream to ~8 per dimension (feature norm ~93),
+    against O(1) for LLaVA-1.5's CLIP; a projector fed such inputs takes updates ~100x larger than the
+    LM's at the same learning rate. The rescaling is an exact reparametrisation: the stream starts at
+    `pre_layrnorm` and grows only by the attention `out_proj` and MLP `fc2` outputs, and every LayerNorm
+    reading it is scale-invariant, so scaling those three by c scales every hidden state by c.
+    """
+    feats = tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
+    c = target_rms / float(feats.pow(2).mean().sqrt())
+    scaled = [tower.vision_model.pre_layrnorm] if hasattr(tower, "vision_model") else [tower.pre_layrnorm]
+    layers = (tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder).layers
+    for layer in layers:
+        scaled += [layer.self_attn.out_proj, layer.mlp.fc2]
+    for mod in scaled:
+        mod.weight.mul_(c)
+        mod.bias.mul_(c)
+    return c
 
 
 def with_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -110,8 +148,17 @@ def stage_batch(vlm: ToyVLM, stage: int, step: int, tc: ToyTrainConfig) -> dict[
         fams = ["caption"] * tc.batch
     elif tc.video_every and step % tc.video_every == tc.video_every - 1:
         fams = ["video"] * max(1, tc.batch // 3)
+    elif tc.turns > 1 and tc.video_every and step % tc.video_every == 2:
+        fams = ["caption"] * max(1, tc.batch // 2)  # captions get their own batches: in a dialogue they
+        # would spell out the answers of the other turns
+    elif tc.turns > 1:
+        n = max(1, tc.batch // 2)
+        mix = {f: w for f, w in MIX.items() if f != "caption"}
+        dialogues = [make_dialogue("train", tc.seed, step * n + j, mix, tc.turns, vlm.cfg.grid) for j in range(n)]
+        return with_positions(vlm.build_dialogue_batch(dialogues))
     else:
-        fams = rng.choices(list(MIX), weights=list(MIX.values()), k=tc.batch)
+        single = {f: w for f, w in MIX.items() if f in FAMILIES}
+        fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch)
     base = (stage * 10_000_000) + step * tc.batch
     samples = [make_sample("train", tc.seed, base + j, f, vlm.cfg.grid) for j, f in enumerate(fams)]
     return with_positions(vlm.build_training_batch(samples))
@@ -149,14 +196,25 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
     work.mkdir(parents=True, exist_ok=True)
     vlm = ToyVLM.fresh(mc, seed=tc.seed)
     t0 = time.time()
-    log = lambda stage: (lambda step, rec: print(json.dumps({"stage": stage, **rec}), flush=True))  # noqa: E731
+    curve_val = toyworld_split("val", tc.curve_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid)
+
+    def log(stage: int):
+        def on_log(step: int, rec: dict) -> None:
+            if stage == 2 and tc.curve_every and step % tc.curve_every == 0:  # the learning curve (in the card)
+                rec["val_avg"] = round(first_token_accuracy(vlm, curve_val)["avg"], 2)
+                vlm.model.train()
+            print(json.dumps({"stage": stage, **rec}), flush=True)
+        return on_log
+
     hist = {}
     tower = vlm.model.model.vision_tower
-    pre = TowerPretrainer(tower, mc.vision_hidden)
+    pre = TowerPretrainer(tower, mc.vision_hidden, mc.grid)
     hist[0] = train(pre, lambda step: stage0_batch(mc.grid, step, tc), TrainConfig(
         steps=tc.stage0_steps, lr=tc.stage0_lr, seed=tc.seed, save_every=tc.save_every),
         state_path=work / "stage0.pt", loss_fn=tower_loss, progress=progress, desc="stage 0", on_log=log(0))
     tower.requires_grad_(False)  # frozen from here on, as LLaVA's CLIP
+    if not (work / "stage1.pt").exists():  # once, before the projector first sees the features
+        rescale_tower_features(tower, stage0_batch(mc.grid, -1, tc)["pixel_values"])
     for stage, steps, lr in ((1, tc.stage1_steps, tc.lr1), (2, tc.stage2_steps, tc.lr2)):
         cfg = TrainConfig(steps=steps, lr=lr, seed=tc.seed + stage, save_every=tc.save_every)
         hist[stage] = train(vlm.model, lambda step, s=stage: stage_batch(vlm, s, step, tc), cfg,
@@ -175,6 +233,9 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
         "val_metrics": {"metric": "first-token accuracy (%), greedy", "n_per_family": tc.val_per_family,
                         "full": acc, "blind": blind},
         "final_loss": {str(k): (h[-1]["loss"] if h else None) for k, h in hist.items()},
+        "learning_curve": {"metric": f"stage-2 val first-token accuracy, avg over families "
+                                     f"({tc.curve_per_family} per family)",
+                           "points": [[h["step"], h["val_avg"]] for h in hist[2] if "val_avg" in h]},
         "torch": torch.__version__, "platform": platform.platform(),
         "deviation": ("stage 0 (added) pretrains the from-scratch CLIP tower on dense per-patch labels, then "
                       "freezes it; stage 1 trains projector + LM on captions (LLaVA: projector only)"),
