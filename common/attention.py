@@ -3,7 +3,7 @@
 How (transformers' AttentionInterface, DESIGN.md §4):
 - Two attention functions are registered by name (`tokenprune_sdpa`, `tokenprune_eager`) together with the
   mask builders of their base implementation (`sdpa_mask`, `eager_mask`), so masks are built exactly as for
-  plain sdpa / eager. While a capture is set up on a model, its decoder config points at the matching name;
+  plain sdpa / eager (`common.attention_registry`, shared with `common.soft_mask`). While a capture is set up on a model, its decoder config points at the matching name;
   on exit the previous name is restored.
 - The function delegates every call to the base implementation. Only in *scoring layers* and only while a
   capture context is active does it also compute the requested SLICE of attention probabilities: the
@@ -23,12 +23,10 @@ from typing import Iterable, Literal
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-from transformers.models.llama.modeling_llama import eager_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv
 
 from common import spans as S
+from common.attention_registry import register_wrapped_attention
 
 QUERY_CHUNK = 256  # query rows per chunk when a slice has many queries (bounds memory at 256 x Lk per head)
 
@@ -220,12 +218,8 @@ def _make_forward(base):
     return forward
 
 
-SDPA_NAME, EAGER_NAME = "tokenprune_sdpa", "tokenprune_eager"
-_BASE_OF = {"sdpa": SDPA_NAME, "eager": EAGER_NAME}
-AttentionInterface.register(SDPA_NAME, _make_forward(sdpa_attention_forward))
-AttentionInterface.register(EAGER_NAME, _make_forward(eager_attention_forward))
-AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
-AttentionMaskInterface.register(EAGER_NAME, eager_mask)
+_BASE_OF = register_wrapped_attention("tokenprune", _make_forward)  # {"sdpa": "tokenprune_sdpa", ...}
+SDPA_NAME, EAGER_NAME = _BASE_OF["sdpa"], _BASE_OF["eager"]
 
 
 # ------------------------------------------------------------------------------------ model plumbing

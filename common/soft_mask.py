@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from common.attention import _additive_mask, decoder_of
+from common.attention_registry import register_wrapped_attention
 
 
 @dataclass
@@ -95,12 +92,8 @@ def _make_forward(base):
     return forward
 
 
-SDPA_NAME, EAGER_NAME = "tokenprune_keybias_sdpa", "tokenprune_keybias_eager"
-_BASE_OF = {"sdpa": SDPA_NAME, "eager": EAGER_NAME}
-AttentionInterface.register(SDPA_NAME, _make_forward(sdpa_attention_forward))
-AttentionInterface.register(EAGER_NAME, _make_forward(eager_attention_forward))
-AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
-AttentionMaskInterface.register(EAGER_NAME, eager_mask)
+_BASE_OF = register_wrapped_attention("tokenprune_keybias", _make_forward)  # {"sdpa": "tokenprune_keybias_sdpa", ...}
+SDPA_NAME, EAGER_NAME = _BASE_OF["sdpa"], _BASE_OF["eager"]
 
 
 @contextmanager
