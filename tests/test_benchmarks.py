@@ -27,6 +27,13 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _questions(path: Path, rows: list[tuple]) -> Path:
+    """LLaVA's question JSONL, the one format every writer below shares: (question_id, image, text, category)
+    rows, each text ending with the short-answer prompt as in LLaVA's eval files."""
+    return _jsonl(path, [{"question_id": qid, "image": image, "text": f"{text}\n{SA}", "category": category}
+                         for qid, image, text, category in rows])
+
+
 def _json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
@@ -43,11 +50,11 @@ def write_pope(root: Path) -> None:
     for name in ("COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"):
         _img(base / "val2014" / name)
     a, b = "COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"
-    _jsonl(base / "llava_pope_test.jsonl", [
-        {"question_id": 1, "image": a, "text": f"Is there a snowboard in the image?\n{SA}", "category": "adversarial"},
-        {"question_id": 2, "image": a, "text": f"Is there a dog in the image?\n{SA}", "category": "adversarial"},
-        {"question_id": 3, "image": b, "text": f"Is there a truck in the image?\n{SA}", "category": "popular"},
-        {"question_id": 4, "image": b, "text": f"Is there an umbrella in the imange?\n{SA}", "category": "random"},
+    _questions(base / "llava_pope_test.jsonl", [
+        (1, a, "Is there a snowboard in the image?", "adversarial"),
+        (2, a, "Is there a dog in the image?", "adversarial"),
+        (3, b, "Is there a truck in the image?", "popular"),
+        (4, b, "Is there an umbrella in the imange?", "random"),
     ])
     coco = base / "coco"
     _jsonl(coco / "coco_pope_adversarial.json", [
@@ -67,13 +74,12 @@ def write_textvqa(root: Path) -> None:
     _img(base / "train_images" / "831bcec304a17054.jpg")
     _img(base / "train_images" / "94ad4aad01e27a32.jpg", (0, 0, 255))
     ocr = "Reference OCR token: MORANGIE, AGED, 10"
-    _jsonl(base / "llava_textvqa_val_v051_ocr.jsonl", [
-        {"question_id": "831bcec304a17054", "image": "831bcec304a17054.jpg",
-         "text": f"What brand liquor is on the right?\n{ocr}\n{SA}", "category": "default"},
-        {"question_id": "831bcec304a17054", "image": "831bcec304a17054.jpg",
-         "text": f"How long has the drink on the right been aged?\n{ocr}\n{SA}", "category": "default"},
-        {"question_id": "94ad4aad01e27a32", "image": "94ad4aad01e27a32.jpg",
-         "text": f"What number is on the player's jersey?\nReference OCR token: \n{SA}", "category": "default"},
+    _questions(base / "llava_textvqa_val_v051_ocr.jsonl", [
+        ("831bcec304a17054", "831bcec304a17054.jpg", f"What brand liquor is on the right?\n{ocr}", "default"),
+        ("831bcec304a17054", "831bcec304a17054.jpg", f"How long has the drink on the right been aged?\n{ocr}",
+         "default"),
+        ("94ad4aad01e27a32", "94ad4aad01e27a32.jpg", "What number is on the player's jersey?\nReference OCR token: ",
+         "default"),
     ])
     def entry(qid, image_id, q, answers):
         return {"question": q, "image_id": image_id, "image_classes": ["Bottle"], "flickr_original_url": "",
@@ -91,9 +97,9 @@ def write_gqa(root: Path) -> None:
     base = root / "gqa"
     _img(base / "data" / "images" / "n161313.jpg")
     _img(base / "data" / "images" / "n235859.jpg", (0, 255, 0))
-    _jsonl(base / "llava_gqa_testdev_balanced.jsonl", [
-        {"question_id": "201307251", "image": "n161313.jpg", "text": f"Is it overcast?\n{SA}", "category": "default"},
-        {"question_id": "201640614", "image": "n235859.jpg", "text": f"Who is wearing the dress?\n{SA}", "category": "default"},
+    _questions(base / "llava_gqa_testdev_balanced.jsonl", [
+        ("201307251", "n161313.jpg", "Is it overcast?", "default"),
+        ("201640614", "n235859.jpg", "Who is wearing the dress?", "default"),
     ])
     _json(base / "data" / "testdev_balanced_questions.json", {
         "201307251": {"question": "Is it overcast?", "imageId": "n161313", "answer": "no", "fullAnswer": "No, it is clear.",
@@ -117,15 +123,12 @@ def write_mme(root: Path, with_jsonl: bool = True) -> None:
         "Does this artwork belong to the type of religious? Please answer yes or no.\tYes\n"
         "Does this artwork belong to the type of historical?  Please answer yes or no.\tNo\n", encoding="utf-8")
     if with_jsonl:
-        _jsonl(base / "llava_mme.jsonl", [
-            {"question_id": "code_reasoning/0020.png", "image": "code_reasoning/0020.png",
-             "text": f"Is a python code shown in the picture?\n{SA}", "category": "code_reasoning"},
-            {"question_id": "code_reasoning/0020.png", "image": "code_reasoning/0020.png",
-             "text": f"Is a c++ code shown in the picture?\n{SA}", "category": "code_reasoning"},
-            {"question_id": "artwork/images/14777.jpg", "image": "artwork/images/14777.jpg",
-             "text": f"Does this artwork belong to the type of religious?\n{SA}", "category": "artwork"},
-            {"question_id": "artwork/images/14777.jpg", "image": "artwork/images/14777.jpg",
-             "text": f"Does this artwork belong to the type of historical?\n{SA}", "category": "artwork"},
+        code, art = "code_reasoning/0020.png", "artwork/images/14777.jpg"  # MME's question id is its image
+        _questions(base / "llava_mme.jsonl", [
+            (code, code, "Is a python code shown in the picture?", "code_reasoning"),
+            (code, code, "Is a c++ code shown in the picture?", "code_reasoning"),
+            (art, art, "Does this artwork belong to the type of religious?", "artwork"),
+            (art, art, "Does this artwork belong to the type of historical?", "artwork"),
         ])
 
 
@@ -187,11 +190,10 @@ def write_mmb(root: Path, rows: list[list[str]] | None = None, header=MMB_HEADER
 def write_vqav2(root: Path) -> None:
     base = root / "vqav2"
     _img(base / "test2015" / "COCO_test2015_000000262144.jpg")
-    _jsonl(base / "llava_vqav2_mscoco_test-dev2015.jsonl", [
-        {"question_id": 262144000, "image": "COCO_test2015_000000262144.jpg",
-         "text": f"Is the ball flying towards the batter?\n{SA}", "category": "default"},
-        {"question_id": 262144001, "image": "COCO_test2015_000000262144.jpg",
-         "text": f"What is the batter about to do?\n{SA}", "category": "default"},
+    image = "COCO_test2015_000000262144.jpg"
+    _questions(base / "llava_vqav2_mscoco_test-dev2015.jsonl", [
+        (262144000, image, "Is the ball flying towards the batter?", "default"),
+        (262144001, image, "What is the batter about to do?", "default"),
     ])
 
 
@@ -390,22 +392,31 @@ def test_missing_image_sqa_names_line(tmp_path):
         load_benchmark("sqa", tmp_path)
 
 
-def test_bad_json_line(tmp_path):
-    write_pope(tmp_path)
-    q = tmp_path / "pope" / "llava_pope_test.jsonl"
-    lines = q.read_text().splitlines()
-    lines[2] = lines[2][:-3]  # truncated line 3
-    q.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"llava_pope_test\.jsonl:3: bad JSON line"):
-        load_benchmark("pope", tmp_path)
+# (benchmark, file under the data root, text replaced once, its replacement, the error it must raise)
+EDITS = [
+    pytest.param("pope", "pope/llava_pope_test.jsonl", '"popular"}', '"popula',
+                 r"llava_pope_test\.jsonl:3: bad JSON line", id="pope-truncated-jsonl-line"),
+    pytest.param("sqa", "scienceqa/llava_test_CQM-A.json", '"gpt",', '"gpt"',
+                 r"llava_test_CQM-A\.json:\d+: bad JSON", id="sqa-bad-json-list"),
+    pytest.param("mme", "MME/MME_Benchmark_release_version/code_reasoning/0020.txt", "\tNo", "\tPerhaps",
+                 r"0020\.txt:2: unknown answer 'Perhaps'", id="mme-unknown-answer"),
+    pytest.param("mme", "MME/llava_mme.jsonl", "type of religious", "type of baroque",
+                 r"llava_mme\.jsonl:3: question .* not found", id="mme-question-without-answer"),
+    pytest.param("textvqa", "textvqa/llava_textvqa_val_v051_ocr.jsonl", "player's jersey", "referee's shirt",
+                 r"llava_textvqa_val_v051_ocr\.jsonl:3: no answer", id="textvqa-question-without-annotation"),
+]
 
 
-def test_bad_json_list(tmp_path):
-    write_sqa(tmp_path)
-    q = tmp_path / "scienceqa" / "llava_test_CQM-A.json"
-    q.write_text(q.read_text().replace('"gpt",', '"gpt"', 1))
-    with pytest.raises(ValueError, match=r"llava_test_CQM-A\.json:\d+: bad JSON"):
-        load_benchmark("sqa", tmp_path)
+@pytest.mark.parametrize("name, rel_path, old, new, match", EDITS)
+def test_edited_fixture_error_names_file_and_line(tmp_path, name, rel_path, old, new, match):
+    """One writer for every "valid fixture, one text edit, a ValueError naming the file and line" case."""
+    WRITERS[name](tmp_path)
+    path = tmp_path / rel_path
+    text = path.read_text()
+    assert old in text, f"fixture {rel_path} no longer contains {old!r}"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=match):
+        load_benchmark(name, tmp_path)
 
 
 def test_unknown_yesno_answer_pope(tmp_path):
@@ -427,22 +438,6 @@ def test_pope_label_mismatch_and_shortage(tmp_path):
     _jsonl(tmp_path / "pope" / "coco" / "coco_pope_popular.json", [])
     with pytest.raises(ValueError, match=r"llava_pope_test\.jsonl:3: .* has no label"):
         load_benchmark("pope", tmp_path)
-
-
-def test_unknown_answer_mme(tmp_path):
-    write_mme(tmp_path)
-    f = tmp_path / "MME" / "MME_Benchmark_release_version" / "code_reasoning" / "0020.txt"
-    f.write_text(f.read_text().replace("\tNo", "\tPerhaps"))
-    with pytest.raises(ValueError, match=r"0020\.txt:2: unknown answer 'Perhaps'"):
-        load_benchmark("mme", tmp_path)
-
-
-def test_mme_question_without_answer(tmp_path):
-    write_mme(tmp_path)
-    q = tmp_path / "MME" / "llava_mme.jsonl"
-    q.write_text(q.read_text().replace("type of religious", "type of baroque"))
-    with pytest.raises(ValueError, match=r"llava_mme\.jsonl:3: question .* not found"):
-        load_benchmark("mme", tmp_path)
 
 
 def test_unknown_choice_answer_sqa_and_problems_mismatch(tmp_path):
@@ -468,14 +463,6 @@ def test_unknown_choice_answer_mmb_and_bad_image(tmp_path):
     write_mmb(tmp_path, [row, row])
     with pytest.raises(ValueError, match=r"mmbench_dev_20230712\.tsv:2: image column is not valid base64"):
         load_benchmark("mmb", tmp_path)
-
-
-def test_textvqa_question_without_annotation(tmp_path):
-    write_textvqa(tmp_path)
-    q = tmp_path / "textvqa" / "llava_textvqa_val_v051_ocr.jsonl"
-    q.write_text(q.read_text().replace("player's jersey", "referee's shirt"))
-    with pytest.raises(ValueError, match=r"llava_textvqa_val_v051_ocr\.jsonl:3: no answer"):
-        load_benchmark("textvqa", tmp_path)
 
 
 def test_missing_question_file(tmp_path):
