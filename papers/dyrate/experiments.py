@@ -49,6 +49,7 @@ from common.flops import DecoderDims, dyrate_generation_flops, schedule_flops
 from common.metrics import score_all
 from common.reduction import Reducer, reduce_tokens
 from common.schedule import map_layer
+from common.table_artifact import Table, table_artifact
 from papers.dyrate import reported as R
 from papers.dyrate.analysis import TOKEN_TYPES, ShareTrace, generation_shares, share_trend
 from papers.dyrate.method import DepthPrune, DyRate
@@ -273,6 +274,13 @@ def _mean_rate(records: Sequence[dict]) -> float:
     return float(np.mean(rates)) if rates else 0.0
 
 
+def _table(ctx: Ctx, number: int, rows: list[dict], about: str, started: float) -> Table:
+    """figures/dyrate/table<number>, titled "DyRate Table <roman> at toy scale: <model>, <about>"."""
+    roman = ("I", "II", "III", "IV", "V")[number - 1]
+    return Table(rows, OUT / f"table{number}", f"DyRate Table {roman} at toy scale: {ctx.model_desc}, {about}",
+                 _prov(ctx, started))
+
+
 # ------------------------------------------------------------------------------------------- tables
 @artifact("dyrate-predictor", kind="table")
 def predictor_target(scale: str) -> None:
@@ -282,10 +290,9 @@ def predictor_target(scale: str) -> None:
     print(json.dumps({k: card.get(k) for k in ("target", "validation", "train_time_s")}, indent=1))
 
 
-@artifact("dyrate-table1")
-def table1(scale: str) -> None:
+@table_artifact("dyrate-table1")
+def table1(scale: str, started: float) -> Table:
     """`make dyrate-table1`: ToyWorld short-answer accuracy (%) and relative FLOPs, paper Table I beside."""
-    t0 = time.time()
     ctx = _ctx(scale)
     rows = []
     paper_name = {"vanilla": "LLaVA-1.5", "fastv_b": "FastV", "vtw": "VTW", "dyrate": "DyRate"}
@@ -301,9 +308,13 @@ def table1(scale: str) -> None:
         if key in paper_name:
             rows.append({"method": m.label, "source": "paper (LLaVA-1.5-7B)",
                          **dict(zip(R.TABLE1_BENCHMARKS, R.TABLE1[paper_name[key]]))})
-    write_table(rows, OUT / "table1", title=f"DyRate Table I at toy scale: {ctx.model_desc}, ToyWorld test "
-                f"({ctx.settings.n_qa}/family; {QA_MIRRORS}); paper rows: {R.TABLE1_SOURCE}",
-                provenance=_prov(ctx, t0))
+    return _table(ctx, 1, rows, f"ToyWorld test ({ctx.settings.n_qa}/family; {QA_MIRRORS}); paper rows: "
+                  f"{R.TABLE1_SOURCE}", started)
+
+
+# method key -> its row in the paper's caption Tables II and III
+PAPER_CAPTION_ROWS = {"vanilla": "Original", "fastv_a": "FastV (a)", "fastv_b": "FastV (b)", "vtw": "VTW",
+                      "dyrate": "DyRate"}
 
 
 @lru_cache(maxsize=None)
@@ -314,23 +325,20 @@ def _caption_run(key: str) -> tuple[Method, list[dict], float, float]:
     return m, recs, scores(ctx.captions, recs)["caption"]["cider"], method_flops(ctx, m, recs)
 
 
-@artifact("dyrate-table2")
-def table2(scale: str) -> None:
+@table_artifact("dyrate-table2")
+def table2(scale: str, started: float) -> Table:
     """`make dyrate-table2`: ToyWorld caption CIDEr-D, paper Table II (as printed) beside."""
-    t0 = time.time()
     ctx = _ctx(scale)
-    paper = {"vanilla": "Original", "fastv_a": "FastV (a)", "fastv_b": "FastV (b)", "vtw": "VTW", "dyrate": "DyRate"}
     rows = []
     for key in methods(ctx):
         m, recs, cider, fl = _caption_run(key)
         row = {"method": m.label, "ours CIDEr (toy)": cider, "ours FLOPs %": 100 * fl}
         for model in ("LLaVA-1.5-7B", "LLaVA-1.5-13B"):
-            for bench, v in zip(R.TABLE2_BENCHMARKS, R.TABLE2[(model, paper[key])]):
+            for bench, v in zip(R.TABLE2_BENCHMARKS, R.TABLE2[(model, PAPER_CAPTION_ROWS[key])]):
                 row[f"paper {model[10:]} {bench}"] = v
         rows.append(row)
-    write_table(rows, OUT / "table2", title=f"DyRate Table II at toy scale: {ctx.model_desc}, "
-                f"{ctx.settings.n_caption} ToyWorld test captions (3 references each); paper: {R.TABLE2_SOURCE}",
-                provenance=_prov(ctx, t0))
+    return _table(ctx, 2, rows, f"{ctx.settings.n_caption} ToyWorld test captions (3 references each); paper: "
+                  f"{R.TABLE2_SOURCE}", started)
 
 
 def _latency(ctx: Ctx, m: Method, n: int = 6) -> float:
@@ -352,30 +360,26 @@ def _latency(ctx: Ctx, m: Method, n: int = 6) -> float:
     return 1000 * total_t / max(total_n, 1)
 
 
-@artifact("dyrate-table3")
-def table3(scale: str) -> None:
+@table_artifact("dyrate-table3")
+def table3(scale: str, started: float) -> Table:
     """`make dyrate-table3`: relative FLOPs, per-token latency on this CPU, CIDEr, auto R; paper Table III beside."""
-    t0 = time.time()
     ctx = _ctx(scale)
-    paper = {"vanilla": "Original", "fastv_a": "FastV (a)", "fastv_b": "FastV (b)", "vtw": "VTW", "dyrate": "DyRate"}
     card = json.loads((PREDICTOR_DIR / "card.json").read_text())
     rows = []
     for key in methods(ctx):
         m, recs, cider, fl = _caption_run(key)
-        p7 = R.TABLE3[("LLaVA-1.5-7B", paper[key])]
+        p7 = R.TABLE3[("LLaVA-1.5-7B", PAPER_CAPTION_ROWS[key])]
         rows.append({"method": m.label, "ours FLOPs %": 100 * fl, "ours latency ms/token": _latency(ctx, m),
                      "ours CIDEr": cider, "auto R": key == "dyrate",
                      "DyRate target FLOPs %": 100 * card["target"] if key == "dyrate" else None,
                      "paper 7B TFLOPs %": p7[0], "paper 7B latency ms": p7[1], "paper 7B 'NoCaps'": p7[2]})
-    write_table(rows, OUT / "table3", title=f"DyRate Table III at toy scale: {ctx.model_desc}, "
-                f"{ctx.settings.n_caption} ToyWorld test captions, latency on this 2-core CPU (batch 1, no KV "
-                f"cache); paper: {R.TABLE3_SOURCE}", provenance=_prov(ctx, t0))
+    return _table(ctx, 3, rows, f"{ctx.settings.n_caption} ToyWorld test captions, latency on this 2-core CPU "
+                  f"(batch 1, no KV cache); paper: {R.TABLE3_SOURCE}", started)
 
 
-@artifact("dyrate-table4")
-def table4(scale: str) -> None:
+@table_artifact("dyrate-table4")
+def table4(scale: str, started: float) -> Table:
     """`make dyrate-table4`: decoding strategies (greedy, beam 2/5, top-k 6 sampling), dense and with DyRate."""
-    t0 = time.time()
     ctx = _ctx(scale)
     paper = dict(zip(("greedy", "beam2", "beam5", "topk6"), R.TABLE4.values()))
     names = {"greedy": "Greedy", "beam2": "Beam-2", "beam5": "Beam-5", "topk6": "top-k = 6 sampling"}
@@ -390,15 +394,13 @@ def table4(scale: str) -> None:
                 row["DyRate mean rate"] = _mean_rate(recs)
         row["paper NoCaps CIDEr"] = paper[dec]
         rows.append(row)
-    write_table(rows, OUT / "table4", title=f"DyRate Table IV at toy scale: {ctx.model_desc}, "
-                f"{ctx.settings.n_caption} ToyWorld test captions (beams: the rate is averaged over beams); paper: "
-                f"{R.TABLE4_SOURCE}", provenance=_prov(ctx, t0))
+    return _table(ctx, 4, rows, f"{ctx.settings.n_caption} ToyWorld test captions (beams: the rate is averaged "
+                  f"over beams); paper: {R.TABLE4_SOURCE}", started)
 
 
-@artifact("dyrate-table5")
-def table5(scale: str) -> None:
+@table_artifact("dyrate-table5")
+def table5(scale: str, started: float) -> Table:
     """`make dyrate-table5`: FixedPrune at DyRate's mean rate, DepthBasedPrune, DyRate; paper Table V beside."""
-    t0 = time.time()
     ctx = _ctx(scale)
     _, dy_recs, dy_cider, dy_fl = _caption_run("dyrate")
     K, L = ctx.settings.K, ctx.dims.n_layers
@@ -418,9 +420,8 @@ def table5(scale: str) -> None:
                      "paper NoCaps CIDEr": p[0], "paper FLOPs %": p[1]})
     rows.append({"strategy": "DyRate (learned, per step)", "ours CIDEr": dy_cider, "ours FLOPs %": 100 * dy_fl,
                  "paper row": None, "paper NoCaps CIDEr": None, "paper FLOPs %": None})
-    write_table(rows, OUT / "table5", title=f"DyRate Table V at toy scale: {ctx.model_desc}, "
-                f"{ctx.settings.n_caption} ToyWorld test captions; DP = R'_l = min(1, R0 l / start) [R, a guess]; "
-                f"paper: {R.TABLE5_SOURCE}", provenance=_prov(ctx, t0))
+    return _table(ctx, 5, rows, f"{ctx.settings.n_caption} ToyWorld test captions; DP = R'_l = min(1, R0 l / "
+                  f"start) [R, a guess]; paper: {R.TABLE5_SOURCE}", started)
 
 
 def _dp_rate_matching(ctx: Ctx, start: int, records: Sequence[dict], target: float) -> float:

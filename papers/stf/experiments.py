@@ -26,6 +26,7 @@ from common.experiment import FIGURES, artifact
 from common.data.tokenizer import build_tokenizer
 from common.flops import stf_flops
 from common.models.toy import ToyConfig
+from common.table_artifact import Table, table_artifact
 from papers.stf import reported as R
 from papers.stf.modules import STFConfig
 from papers.stf.param_counts import LLAVA15, REFERENCE_PARAMS, count_params, meta_projector, structure
@@ -152,16 +153,28 @@ def collect(target: str, variants: Sequence[str],
     return scores, tokens, results, inputs
 
 
-def comparison_table(target: str, stem: str, title: str, entries, paper, paper_avg,
-                     evaluator: Callable[[str], tuple[Any, dict]] | None = None, out: Path | None = None) -> list[dict]:
-    t0 = time.time()
+def collect_target(target: str, evaluator: Callable[[str], tuple[Any, dict]] | None, started: float, **config):
+    """`collect` for the variants Make target `target` needs (`table_variants`), with the provenance of its
+    files (config: the variants and `config`) in place of the input hashes: (scores, tokens, results, prov)."""
+    variants = table_variants()[target]
+    scores, tokens, results, inputs = collect(target, variants, evaluator)
+    return scores, tokens, results, _prov(target, {"variants": variants, **config}, started, inputs)
+
+
+def comparison(target: str, stem: str, title: str, entries, paper, paper_avg, started: float,
+               evaluator: Callable[[str], tuple[Any, dict]] | None = None, out: Path | None = None) -> Table:
+    """Our trained toy variants beside the paper's rows (`comparison_rows`), as the Table <out or OUT>/<stem>."""
     variants = [v for _, _, v in entries if v is not None]
     scores, tokens, _, inputs = collect(target, variants, evaluator)
-    rows = comparison_rows(entries, paper, paper_avg, scores, tokens)
-    write_table(rows, (out or OUT) / stem, columns=columns(), title=f"{title} | ours: {SCALE_NOTE}, "
-                f"{N_PER_FAMILY}/family | paper: {R.MODEL}",
-                provenance=_prov(target, {"variants": variants}, t0, inputs))
-    return rows
+    return Table(comparison_rows(entries, paper, paper_avg, scores, tokens), (out or OUT) / stem,
+                 f"{title} | ours: {SCALE_NOTE}, {N_PER_FAMILY}/family | paper: {R.MODEL}",
+                 _prov(target, {"variants": variants}, started, inputs), columns())
+
+
+def comparison_table(target: str, stem: str, title: str, entries, paper, paper_avg,
+                     evaluator: Callable[[str], tuple[Any, dict]] | None = None, out: Path | None = None) -> list[dict]:
+    """Build and write one `comparison` now; its rows (tests pass a fake `evaluator` and a folder `out`)."""
+    return comparison(target, stem, title, entries, paper, paper_avg, time.time(), evaluator, out).write()
 
 
 # ------------------------------------------------------------------------------------------ Table 1
@@ -251,36 +264,37 @@ def table_variants() -> dict[str, list[str]]:
             "stf-fig3": ["baseline", "mbtf-stf"]}
 
 
-@artifact("stf-table2")
-def table2(scale: str = "toy") -> None:
-    """make stf-table2: the trained toy variants beside the paper's comparison with efficient LLaVA models."""
-    comparison_table("stf-table2", "table2", f"LLaVA-STF Table 2; {R.TABLE2_SOURCE}", T2, R.TABLE2, R.TABLE2_AVG)
+# Make target -> (what its docstring says, title, rows, paper cells, paper averages); each built by `comparison`
+COMPARISONS = {
+    "stf-table2": ("the trained toy variants beside the paper's comparison with efficient LLaVA models",
+                   f"LLaVA-STF Table 2; {R.TABLE2_SOURCE}", T2, R.TABLE2, R.TABLE2_AVG),
+    "stf-table3": ("effect of the fusion modules (baseline, MBTF, STF, MBTF+STF)",
+                   f"LLaVA-STF Table 3; {R.TABLE3_SOURCE}", T3, R.TABLE3, R.TABLE3_AVG),
+    "stf-table4": ("kernel size k and #fused tokens E (MBTF + STF)",
+                   f"LLaVA-STF Table 4; {R.TABLE4_SOURCE}", T4, R.TABLE4, R.TABLE4_AVG),
+    "stf-table5": ("fusion strategies as the paper compares them (STF row = MBTF+STF, uncontrolled)",
+                   f"LLaVA-STF Table 5; {R.TABLE5_SOURCE}", T5, R.TABLE5, R.TABLE5_AVG),
+    "stf-table5-controlled": ("every reducer with and without MBTF (not in the paper; stf.md §11.11)",
+                              "Controlled Table 5 (ours, not in the paper): each 2x2 reducer with and without MBTF; "
+                              "paper cells only where the paper has that row (its STF row is MBTF+STF)",
+                              T5C, T5C_PAPER, T5C_AVG),
+}
 
 
-@artifact("stf-table3")
-def table3(scale: str = "toy") -> None:
-    """make stf-table3: effect of the fusion modules (baseline, MBTF, STF, MBTF+STF)."""
-    comparison_table("stf-table3", "table3", f"LLaVA-STF Table 3; {R.TABLE3_SOURCE}", T3, R.TABLE3, R.TABLE3_AVG)
+def _comparison_artifact(target: str):
+    """Register `make <target>` (a COMPARISONS entry), written to figures/stf/<its table name>."""
+    what, title, entries, paper, paper_avg = COMPARISONS[target]
+    stem = target.removeprefix("stf-").replace("-", "_")  # stf-table5-controlled -> table5_controlled
+
+    def build(scale: str, started: float) -> Table:
+        return comparison(target, stem, title, entries, paper, paper_avg, started)
+
+    build.__name__ = build.__qualname__ = stem
+    build.__doc__ = f"make {target}: {what}."
+    return table_artifact(target)(build)
 
 
-@artifact("stf-table4")
-def table4(scale: str = "toy") -> None:
-    """make stf-table4: kernel size k and #fused tokens E (MBTF + STF)."""
-    comparison_table("stf-table4", "table4", f"LLaVA-STF Table 4; {R.TABLE4_SOURCE}", T4, R.TABLE4, R.TABLE4_AVG)
-
-
-@artifact("stf-table5")
-def table5(scale: str = "toy") -> None:
-    """make stf-table5: fusion strategies as the paper compares them (STF row = MBTF+STF, uncontrolled)."""
-    comparison_table("stf-table5", "table5", f"LLaVA-STF Table 5; {R.TABLE5_SOURCE}", T5, R.TABLE5, R.TABLE5_AVG)
-
-
-@artifact("stf-table5-controlled")
-def table5_controlled(scale: str = "toy") -> None:
-    """make stf-table5-controlled: every reducer with and without MBTF (not in the paper; stf.md §11.11)."""
-    comparison_table("stf-table5-controlled", "table5_controlled",
-                     "Controlled Table 5 (ours, not in the paper): each 2x2 reducer with and without MBTF; paper "
-                     "cells only where the paper has that row (its STF row is MBTF+STF)", T5C, T5C_PAPER, T5C_AVG)
+table2, table3, table4, table5, table5_controlled = map(_comparison_artifact, COMPARISONS)
 
 
 # ------------------------------------------------------------------------------------------ Figure 1
@@ -341,9 +355,7 @@ def fig1(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
     """make stf-fig1: spatial redundancy, AvgPool with 25% tokens vs all tokens per benchmark family."""
     t0 = time.time()
     out = out or OUT
-    variants = table_variants()["stf-fig1"]
-    scores, _, _, inputs = collect("stf-fig1", variants, evaluator)
-    prov = _prov("stf-fig1", {"variants": variants}, t0, inputs)
+    scores, _, _, prov = collect_target("stf-fig1", evaluator, t0)
     write_table(fig1_rows(scores), out / "fig1_values", title=f"LLaVA-STF Fig. 1 values | paper: {R.FIG1_SOURCE} | ours: "
                 f"{SCALE_NOTE}", provenance=prov)
     save_figure(fig1_figure(scores), out / "fig1", provenance=prov)
@@ -371,15 +383,13 @@ def fig3(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
 
     t0 = time.time()
     out = out or OUT
-    variants = table_variants()["stf-fig3"]
-    _, tokens, results, inputs = collect("stf-fig3", variants, evaluator)
+    _, tokens, results, prov = collect_target("stf-fig3", evaluator, t0, families=CASE_FAMILIES)
     samples = test_samples()
-    preds = {v: dict(zip(results[v].ids, results[v].predictions)) for v in variants}
+    preds = {v: dict(zip(res.ids, res.predictions)) for v, res in results.items()}
     cases = pick_cases(samples, preds["baseline"], preds["mbtf-stf"])
     rows = [{"family": s.family, "id": s.id, "question": s.question, "reference": s.answer,
              f"baseline ({tokens['baseline']} tokens)": preds["baseline"][s.id],
              f"MBTF+STF ({tokens['mbtf-stf']} tokens)": preds["mbtf-stf"][s.id]} for s in cases]
-    prov = _prov("stf-fig3", {"variants": variants, "families": CASE_FAMILIES}, t0, inputs)
     write_table(rows, out / "fig3_cases", title=f"LLaVA-STF Fig. 3 case study at toy scale (paper: {R.FIG3_SOURCE})",
                 provenance=prov)
     fig, axs = plt.subplots(1, len(cases), figsize=(2.6 * len(cases), 3.6), squeeze=False)
