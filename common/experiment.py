@@ -66,7 +66,8 @@ def _import_all_experiments() -> None:
 
 def load_vlm(scale: str = "toy", checkpoint: str | Path | None = None):
     """The `VisionLanguageModel` of a scale. toy: checkpoints/toy-llava (or `checkpoint`); paper: the HF
-    LLaVA folder `checkpoint` or $MODEL_PATH (read offline, see common.models.llava_hf)."""
+    LLaVA folder `checkpoint` or $MODEL_PATH (read offline, see common.models.llava_hf); mini: DINOv2-S +
+    SmolLM2 with the projector of checkpoints/mini-llava (or `checkpoint`; see common.models.mini)."""
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
     if scale == "toy":
@@ -80,7 +81,9 @@ def load_vlm(scale: str = "toy", checkpoint: str | Path | None = None):
         from common.models.llava_hf import load_paper_vlm
 
         return load_paper_vlm(checkpoint)
-    raise NotImplementedError(f"scale={scale!r}: this model loader is not implemented yet (see the README's status table)")
+    from common.models.mini import load_mini_vlm  # scale == "mini": DINOv2-S + SmolLM2 (`make setup-mini`)
+
+    return load_mini_vlm(checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
