@@ -24,6 +24,7 @@ from transformers import BatchEncoding, CLIPVisionConfig, LlamaConfig, LlavaConf
 
 from common.data.sample import Sample
 from common.data.tokenizer import BOS, EOS, IMAGE, PAD, build_tokenizer, load_tokenizer
+from common.models.batching import IGNORE, answer_rows, left_pad
 from common.models.checkpoint import atomic_write_text, load_weights, save_checkpoint
 
 MODEL_FILE = "model.safetensors"
@@ -126,35 +127,16 @@ class ToyVLM:
                 frames.append(image_to_tensor(im))
         return torch.stack(frames)
 
-    def _left_pad(self, rows: list[list[int]], labels: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        lab = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-            if labels is not None:
-                lab[i, width - len(r):] = torch.tensor(labels[i])
-        out = {"input_ids": ids, "attention_mask": mask}
-        if labels is not None:
-            out["labels"] = lab
-        return out
-
     def build_inputs(self, samples: Sequence[Sample]) -> BatchEncoding:
         """Left-padded prompts (no answers) + pixel values, ready for `generate()`."""
-        batch = self._left_pad([self.prompt_ids(s) for s in samples])
+        batch = left_pad([self.prompt_ids(s) for s in samples], self.pad_id)
         batch["pixel_values"] = self.pixel_values(samples)
         return BatchEncoding(batch)
 
     def build_training_batch(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         """Prompt + answer; the loss sees only the answer tokens (and EOS), as in LLaVA's instruction tuning."""
-        rows, labels = [], []
-        for s in samples:
-            p, a = self.prompt_ids(s), self.answer_ids(s)
-            rows.append(p + a)
-            labels.append([-100] * len(p) + a)
-        batch = self._left_pad(rows, labels)
+        rows, labels = answer_rows(samples, self.prompt_ids, self.answer_ids)
+        batch = left_pad(rows, self.pad_id, labels)
         batch["pixel_values"] = self.pixel_values(samples)
         return batch
 
@@ -167,16 +149,16 @@ class ToyVLM:
             if not turns:
                 raise ValueError("dialogues: every dialogue needs at least one turn")
             row = self.prompt_ids(turns[0])
-            lab = [-100] * len(row)
+            lab = [IGNORE] * len(row)
             for k, s in enumerate(turns):
                 if k:
                     q = self.tokenizer.encode(f"question : {s.question} answer :").ids
-                    row, lab = row + q, lab + [-100] * len(q)
+                    row, lab = row + q, lab + [IGNORE] * len(q)
                 a = self.answer_ids(s)
                 row, lab = row + a, lab + a
             rows.append(row)
             labels.append(lab)
-        batch = self._left_pad(rows, labels)
+        batch = left_pad(rows, self.pad_id, labels)
         batch["pixel_values"] = self.pixel_values([d[0] for d in dialogues])
         return batch
 
