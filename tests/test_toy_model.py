@@ -181,3 +181,17 @@ def test_dialogue_batch_first_turn_is_the_eval_prompt_and_every_answer_is_superv
 def test_stage0_position_labels_cover_the_grid():
     b = stage0_batch(12, 0, ToyTrainConfig(batch=2))
     assert torch.equal(b["row"][0], torch.arange(144) // 12) and torch.equal(b["col"][1], torch.arange(144) % 12)
+
+
+def test_generation_never_emits_the_image_placeholder(samples):
+    """The image placeholder (and pad / bos) are suppressed: a generated placeholder would make the next
+    cache-less step find more placeholders than image features (seen in DyRate's recompute mode)."""
+    vlm = ToyVLM.fresh(TINY)
+    with torch.no_grad():
+        lm_head = vlm.model.lm_head.weight
+        lm_head.zero_()
+        lm_head[vlm.image_token_id] = 1.0  # an untrained head that prefers <image> whatever the input
+        inp = vlm.build_inputs(samples[:2])
+        out = vlm.model.generate(**inp, max_new_tokens=3, use_cache=False)
+    new = out[:, inp["input_ids"].shape[1]:]
+    assert not (new == vlm.image_token_id).any() and not (new == vlm.pad_id).any()

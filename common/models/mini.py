@@ -141,6 +141,7 @@ def assemble(cfg: MiniConfig, vision: nn.Module, lm: nn.Module, image_token_id: 
     gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = lm.generation_config.bos_token_id, \
         lm.generation_config.eos_token_id, lm.generation_config.pad_token_id
     gc.do_sample = False
+    gc.suppress_tokens = [image_token_id]  # a generated placeholder is no image (see common.models.toy)
     return model.eval()
 
 

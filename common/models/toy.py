@@ -84,6 +84,9 @@ def build_model(cfg: ToyConfig, tokenizer: Tokenizer, seed: int = 0) -> LlavaFor
     model.generation_config.eos_token_id = vocab[EOS]
     model.generation_config.bos_token_id = vocab[BOS]
     model.generation_config.do_sample = False
+    # A generated <image> placeholder would be no image: a cache-less decode step (DyRate's recompute mode)
+    # then finds more placeholders than image features and fails. A weak model does emit it (measured).
+    model.generation_config.suppress_tokens = [vocab[IMAGE], vocab[PAD], vocab[BOS]]
     return model.eval()
 
 
