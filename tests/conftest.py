@@ -16,14 +16,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One thread for the whole session, module-scoped fixtures included: the tiny test models are dominated
+    by per-op overhead, and two threads on two shared cores were measured ~4x slower (47 s -> 12 s for the
+    SparseVLM tests)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     """Every test starts from the same RNG state, so results never depend on test order."""
     import torch
 
-    # One thread: the tiny test models are dominated by per-op overhead, and two threads on two shared
-    # cores were measured ~4x slower (47 s -> 12 s for the SparseVLM tests).
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a test may have changed it
     torch.manual_seed(0)
     yield
 

@@ -21,17 +21,6 @@ import papers.sparsevlm.experiments as E
 from papers.sparsevlm import reported as R
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscription makes them ~4x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def save_tiny_hf_llava(path: Path) -> None:
     """A tiny random `LlavaForConditionalGeneration` plus a word-level tokenizer and a CLIP image processor,
     saved like an llava-hf checkpoint folder (16 visual tokens of a 32 px image; `<image>` = id 127)."""

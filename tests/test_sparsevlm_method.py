@@ -17,17 +17,6 @@ from papers.sparsevlm.method import (
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscription makes them ~4x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     # 64 visual tokens (64 px / 8 px patches) and 8 layers: scoring layers (0, 2, 4, 6), enough to prune twice
