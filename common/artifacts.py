@@ -100,6 +100,23 @@ def _package_version(name: str) -> str | None:
         return None
 
 
+def portable(value: Any) -> Any:
+    """`value` with every path inside the repository written relative to its root (recursing into dicts,
+    lists and tuples), so sidecars and cards committed from one machine do not carry its local layout."""
+    if isinstance(value, Mapping):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable(v) for v in value)
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        root = str(REPO_ROOT)
+        if text == root:
+            return "."
+        if text.startswith(root + os.sep):
+            return text[len(root) + 1:]
+    return value
+
+
 def provenance(command: str | None = None, config: Mapping[str, Any] | None = None,
                seeds: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None,
                started: float | None = None) -> dict[str, Any]:
@@ -122,7 +139,7 @@ def provenance(command: str | None = None, config: Mapping[str, Any] | None = No
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
         "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "config": dict(config or {}),
+        "config": portable(dict(config or {})),
         "seeds": dict(seeds or {}),
         "inputs": hashed,
         "packages": {"python": platform.python_version(),

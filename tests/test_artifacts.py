@@ -145,3 +145,13 @@ def test_save_figure_deterministic(tmp_path):
     sidecar = json.loads(p2["json"].read_text())
     assert sidecar["files"] == {"png": "f1.png", "pdf": "f1.pdf"} and sidecar["provenance"]["command"] == "pytest"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f1.json", "f1.pdf", "f1.png"]
+
+
+def test_provenance_writes_repository_paths_relative():
+    """A committed sidecar must not carry the local checkout's absolute path; paths outside the repo stay."""
+    root = A.REPO_ROOT
+    prov = A.provenance(command="pytest", config={
+        "cache": str(root / ".cache" / "eval"), "nested": {"ckpt": root / "checkpoints" / "toy-llava"},
+        "list": [str(root)], "outside": "/data/llava", "lookalike": str(root) + "-other/x", "n": 3})
+    assert prov["config"] == {"cache": ".cache/eval", "nested": {"ckpt": "checkpoints/toy-llava"}, "list": ["."],
+                              "outside": "/data/llava", "lookalike": str(root) + "-other/x", "n": 3}

@@ -321,9 +321,9 @@ def run(cfg: TrainConfig, out: Path | None = None, base: Path = TOY_CHECKPOINT) 
     batches = [dict(vlm.build_inputs(val[i:i + 16])) for i in range(0, len(val), 16)]
     measured = measure_tokens(model, atp, batches, vlm.image_token_id)
     folder = out or CHECKPOINTS / cfg.name()
-    from common.artifacts import file_sha256
+    from common.artifacts import file_sha256, portable
     base_hash = file_sha256(next(Path(base).glob("*.safetensors"))) if Path(base).is_dir() else None
-    save_run(folder, atp, model, cfg, rows, measured, {"base_checkpoint": str(base), "base_sha256": base_hash,
+    save_run(folder, atp, model, cfg, rows, measured, {"base_checkpoint": portable(str(base)), "base_sha256": base_hash,
                                                         "wall_time_s": round(time.time() - t0, 1)})
     print(f"{folder.name}: achieved {measured['mean_avg_tokens']:.2f} tokens vs target "
           f"{n_target_of(cfg, atp_cfg.n_visual):.2f} in {time.time() - t0:.0f}s")
