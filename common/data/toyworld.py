@@ -152,6 +152,11 @@ class _Q:
     def key(self) -> str:
         return "||".join(f.key() for f in self.frames)
 
+    def text(self, template: int) -> str:
+        """The question as shown to the model: template `template` of its kind, filled, plus any suffix."""
+        question = TEMPLATES[self.kind][template].format(**self.args)
+        return f"{question} {self.suffix}" if self.suffix else question
+
 
 def _unique(scene: Scene, attr: str) -> list[Obj]:
     counts = Counter(getattr(o, attr) for o in scene.objects)
@@ -279,8 +284,7 @@ def _q_count(rng: random.Random, grid: int, i: int) -> _Q | None:
 
 
 def _q_scene(rng: random.Random, grid: int, i: int) -> _Q | None:
-    scene = random_scene(rng, grid)
-    return _Q([scene], "background", {}, scene.background)
+    return _ask_any(rng, random_scene(rng, grid), "scene")
 
 
 def _q_mc(rng: random.Random, grid: int, i: int) -> _Q | None:
@@ -340,9 +344,7 @@ def caption_of(scene: Scene) -> list[str]:
 
 
 def _q_caption(rng: random.Random, grid: int, i: int) -> _Q | None:
-    scene = random_scene(rng, grid, 2, 5)
-    refs = caption_of(scene)
-    return _Q([scene], "caption", {}, refs[0], "caption", references=refs)
+    return _ask_any(rng, random_scene(rng, grid, 2, 5), "caption")
 
 
 def _q_video(rng: random.Random, grid: int, i: int, frames: int = 3) -> _Q | None:
@@ -462,7 +464,7 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
             continue
         asked.add((q.kind, *sorted(q.args.items())))
         t = rng.randrange(len(TEMPLATES[q.kind]))
-        question = TEMPLATES[q.kind][t].format(**q.args) + (f" {q.suffix}" if q.suffix else "")
+        question = q.text(t)
         out.append(Sample(
             id=f"toyworld-dialogue-{split}-{seed}-{i}-{len(out)}", family=family, images=[image],
             question=question, answer=q.answer, answer_type=q.answer_type, choices=q.choices,
@@ -505,9 +507,7 @@ def make_sample(split: str, seed: int, i: int, family: str, grid: int = 12, fram
 
 
 def _to_sample(q: _Q, sid: str, family: str, t: int, cell: int, split: str, seed: int, i: int) -> Sample:
-    question = TEMPLATES[q.kind][t].format(**q.args)
-    if q.suffix:
-        question = f"{question} {q.suffix}"
+    question = q.text(t)
     meta = dict(q.meta)
     meta.update({
         "qkind": q.kind, "template": t, "grid": q.frames[0].grid, "scene_key": q.key(),

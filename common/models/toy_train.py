@@ -4,13 +4,9 @@ LLaVA-1.5's two stages, preceded by a stage 0 that stands in for CLIP's pretrain
   0. *added*: the CLIP tower is pretrained alone with dense per-patch labels (colour, shape, digit and
      size of the object under each patch; with `--position-heads` also its row and column; linear heads
      discarded afterwards). `--rescale-tower` then rescales it to O(1) features (`rescale_tower_features`).
-
-Measured (session 2, 2 cores): the committed checkpoint uses the single-turn recipe (the defaults). The
-"dialogue" variant (`--turns 6 --position-heads --rescale-tower`, lookup weight 3, 6000 stage-2 steps) was
-stopped after 2275 steps: val first-token average 42.1% (40 per family; textvqa 7.5%, count 25%) and flat
-since step 500, against 53.6% for the single-turn recipe at 3000 steps. It is kept as an option, not a default. LLaVA starts from a
-     pretrained CLIP; ours starts from random weights, and without this stage the whole model sat at
-     chance after 600 end-to-end steps (measured: val accuracy at chance on every family but "scene").
+     LLaVA starts from a pretrained CLIP; ours starts from random weights, and without this stage the
+     whole model sat at chance after 600 end-to-end steps (measured: val accuracy at chance on every
+     family but "scene").
      The tower is then frozen, as in LLaVA (and as stf.md §12 advises for the toy scale).
   1. alignment on captions: projector trained on image-caption pairs. *Changed from LLaVA*: the LM is
      trained too (LLaVA freezes Vicuna here, but ours is random and must learn language).
@@ -22,6 +18,11 @@ The loss is on answer tokens only. Each stage is resumable (common.models.train)
 is skipped on rerun. Batches are pure functions of (seed, stage, step), so a resumed run is identical.
 Video clips (3 frames = 3x the visual tokens) go in their own smaller batches every `video_every` steps,
 so a clip never pads a whole batch of single images to its length.
+
+Measured (session 2, 2 cores): the committed checkpoint uses the single-turn recipe (the defaults). The
+"dialogue" variant (`--turns 6 --position-heads --rescale-tower`, lookup weight 3, 6000 stage-2 steps) was
+stopped after 2275 steps: val first-token average 42.1% (40 per family; textvqa 7.5%, count 25%) and flat
+since step 500, against 53.6% for the single-turn recipe at 3000 steps. It is kept as an option, not a default.
 """
 from __future__ import annotations
 
