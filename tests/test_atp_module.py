@@ -13,7 +13,7 @@ from common.reduction import reduce_tokens
 from common.registry import build_reducer
 from papers.atp.method import ATPReducer
 from papers.atp.module import (ATPConfig, ATPModules, atp_layers, atp_loss, average_tokens_soft, load_atp,
-                               minmax, save_atp, soft_atp, spatial_scores, target_loss, token_scores)
+                               minmax, rank_percentile, save_atp, soft_atp, spatial_scores, target_loss, token_scores)
 
 N_LAYERS = 8
 
@@ -72,12 +72,41 @@ def test_layer_mapping():
     (dict(n_visual=15), "n_visual"), (dict(layers=(0, 3)), "layers"), (dict(layers=(2, 3)), "layers"),
     (dict(layers=(2, 9)), "layers"), (dict(use_rp=False, use_sp=False), "use_rp"), (dict(scores="x"), "scores"),
     (dict(positions="x"), "positions"), (dict(tau=0.0), "tau"), (dict(fixed_keep=(4, 8, 2)), "fixed_keep"),
+    (dict(threshold_on="x"), "threshold_on"),
 ])
 def test_config_errors_name_the_argument(kw, arg):
     cfg = dict(n_visual=16, layers=(1, 4, 6), n_layers=8)
     cfg.update(kw)
     with pytest.raises(ValueError, match=arg):
         ATPConfig(**cfg)
+
+
+def test_rank_percentile_is_uniform_over_present_tokens():
+    torch.manual_seed(0)
+    x = torch.rand(2, 10) ** 8  # clustered near 0, as min-max scores with one outlier are
+    present = torch.ones(2, 10, dtype=torch.bool)
+    present[1, ::3] = False
+    r = rank_percentile(x, present)
+    assert sorted(r[0].tolist()) == pytest.approx([i / 9 for i in range(10)])
+    assert sorted(r[1, present[1]].tolist()) == pytest.approx([i / 5 for i in range(6)])
+    assert (r[1, ~present[1]] == 0).all()
+    assert torch.equal(r[0].argsort(), x[0].argsort())  # order preserved
+
+
+def test_rank_threshold_prunes_the_fraction_theta_whatever_the_score_spread():
+    """threshold_on='rank': RP alone keeps (1 - theta_r) of the present tokens even when the scores cluster (why
+    min-max thresholds froze at toy scale); with min-max, the kept count at the same theta depends on the spread."""
+    kept = {}
+    for mode in ("rank", "score"):
+        atp = make_atp(threshold_on=mode, use_sp=False, init_theta_r=0.5)
+        s = torch.rand(4, 16, generator=torch.Generator().manual_seed(1)) ** 8
+        s[:, 0] = 0.0  # one outlier stretches the min-max range
+        d = atp.decide(0, s, s, torch.ones(4, 16))
+        kept[mode] = d.keep.sum(-1).float()
+        theta = d.theta_r
+        if mode == "rank":
+            assert torch.allclose(kept[mode], ((1 - theta) * 16).round(), atol=1.0)
+    assert (kept["score"] <= 4).all()  # skewed scores: most min-max values sit far below theta = 0.5
 
 
 def test_budget_losses_match_paper_oracles():

@@ -71,6 +71,12 @@ class ATPConfig:
     use_sp: bool = True  # Table 4: spatial pruning
     scores: Literal["both", "self", "cross"] = "both"  # Table 5: which scores form S_red
     positions: Literal["original", "renumber"] = "original"  # Table 4: PP on / off
+    # A3: what theta_r is compared with. "score": the min-max normalised S_red (the spec's reading). "rank": its
+    # percentile among the surviving tokens (0 = least, 1 = most redundant-worthy), so theta_r is the fraction RP
+    # prunes. Why: min-max values cluster (one outlier stretches the range), so a threshold between them has no
+    # tokens near it, the sigmoid saturates and the budget loss has no gradient; measured at toy scale, "score"
+    # runs froze with module 1 keeping 143.9 of 144 tokens and modules 2-3 keeping none (72 vs 36 target).
+    threshold_on: Literal["score", "rank"] = "score"
     init_theta_r: float = 0.2  # §3.6: initial thresholds keep most tokens
     init_theta_s: float = 0.9
     eps: float = 1e-6  # log(G + eps) in the masked softmax (§3.8)
@@ -92,6 +98,8 @@ class ATPConfig:
             raise ValueError(f"scores: expected 'both', 'self' or 'cross', got {self.scores!r}")
         if self.positions not in ("original", "renumber"):
             raise ValueError(f"positions: expected 'original' or 'renumber', got {self.positions!r}")
+        if self.threshold_on not in ("score", "rank"):
+            raise ValueError(f"threshold_on: expected 'score' or 'rank', got {self.threshold_on!r}")
         if self.activation not in ("none", "gelu"):
             raise ValueError(f"activation: expected 'none' or 'gelu', got {self.activation!r}")
         if not self.tau > 0:
@@ -212,6 +220,19 @@ def minmax(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~present, 0.0)
 
 
+def rank_percentile(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Each row of x [B, N] -> rank of its `present` entries among themselves, scaled to [0, 1] (ties broken by
+    position, so it is deterministic); absent entries -> 0. Not differentiable (nor need it be: only the
+    thresholds learn)."""
+    big = torch.finfo(x.dtype).max
+    order = torch.sort(x.detach().masked_fill(~present, -big), dim=-1, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order))
+    n_absent = (~present).sum(-1, keepdim=True)
+    n_present = present.sum(-1, keepdim=True)
+    out = (ranks - n_absent).to(x.dtype) / (n_present - 1).clamp(min=1).to(x.dtype)
+    return out.masked_fill(~present, 0.0)
+
+
 # ---------------------------------------------------------------------------------------------- the module
 class ThresholdNet(nn.Module):
     """Eq. 6-8: z = Linear(cat(S_self, S_cross)); theta_r = sigmoid(Linear_r(z)); theta_s = sigmoid(Linear_s(z)).
@@ -285,6 +306,8 @@ class ATPModules(nn.Module):
             zeros = torch.zeros(g.shape[0], device=g.device)
             return Decision(cfg.layers[k], zeros, zeros, s_red, keep.float(), keep, keep, keep & False, present)
         theta_r, theta_s = self.nets[k](s_self_n * g, s_cross_n * g)  # Eq. 6-8 on the scattered, masked scores
+        if cfg.threshold_on == "rank":
+            s_red = rank_percentile(s_red, present)
         zero = torch.zeros_like(s_red)
         sp = self.s_spatial.to(s_red.device)[None]
         m_r = torch.sigmoid((s_red - theta_r[:, None]) * cfg.tau) if cfg.use_rp else zero  # Eq. 9

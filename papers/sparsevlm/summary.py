@@ -9,30 +9,13 @@ the README cannot drift from the artifacts. Missing artifacts give "not run".
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
-from typing import Any
 
+from common.claims import fmt, load_sidecar, markdown as claims_markdown, update_readme as write_block, yes
 from common.experiment import FIGURES
 
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
-
-
-def _load(folder: Path, stem: str) -> dict | None:
-    p = folder / f"{stem}.json"
-    return json.loads(p.read_text()) if p.exists() else None
-
-
-def _f(x: Any, n: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{n}f}"
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
+_load, _f, _yes = load_sidecar, fmt, yes
 
 
 def claims(folder: Path = FIGURES / "sparsevlm") -> list[tuple[str, str, str, str]]:
@@ -114,21 +97,11 @@ def claims(folder: Path = FIGURES / "sparsevlm") -> list[tuple[str, str, str, st
 
 
 def markdown(folder: Path = FIGURES / "sparsevlm") -> str:
-    rows = claims(folder)
-    if not rows:
-        return "_No artifacts yet: run `make sparsevlm-table1` ... `sparsevlm-fig8`._"
-    lines = ["| claim | paper | ours (toy scale) | reproduced? |", "|---|---|---|---|"]
-    lines += [f"| {c} | {p} | {o} | {v} |" for c, p, o, v in rows]
-    return "\n".join(lines)
+    return claims_markdown(claims(folder), "_No artifacts yet: run `make sparsevlm-table1` ... `sparsevlm-fig8`._")
 
 
 def update_readme(readme: Path = HERE / "README.md", folder: Path = FIGURES / "sparsevlm") -> None:
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"readme: {readme} has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{markdown(folder)}\n{END}{tail}")
+    write_block(readme, markdown(folder))
 
 
 if __name__ == "__main__":

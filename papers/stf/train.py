@@ -36,6 +36,7 @@ from typing import Sequence
 
 import torch
 
+from common.artifacts import portable
 from common.data.tokenizer import load_tokenizer
 from common.data.toyworld import toyworld_split
 from common.experiment import REPO_ROOT, TOY_CHECKPOINT
@@ -201,7 +202,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
     card = {
         "name": f"stf-{name}", "variant": name, "variant_spec": asdict(spec), "stf_config": _stf_json(proj.config),
         "visual_tokens": vlm.num_visual_tokens, "train_config": asdict(tc),
-        "base_checkpoint": {"path": str(base), "weights_sha256": file_sha256(base / "model.safetensors")},
+        "base_checkpoint": {"path": portable(str(base)), "weights_sha256": file_sha256(base / "model.safetensors")},
         "data": {"generator": "common.data.toyworld", "seed": data.seed, "split": "train",
                  "stage1": "caption", "stage2": "toy MIX without video"},
         "params": {"projector": sum(p.numel() for p in proj.parameters()),

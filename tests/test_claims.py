@@ -1,0 +1,76 @@
+"""README claim blocks (common/claims.py, papers/{stf,atp}/summary.py): verdicts follow their stated rules."""
+import json
+
+import pytest
+
+from common.claims import BEGIN, END, update_readme
+from papers.atp import summary as atp_summary
+from papers.stf import summary as stf_summary
+
+FAMS = ("gqa", "pope", "textvqa", "count", "scene", "mc")
+
+
+def write(folder, stem, rows, config=None):
+    (folder / f"{stem}.json").write_text(json.dumps({"rows": rows, "provenance": {"config": config or {}}}))
+
+
+def stf_row(variant, mean, tokens=36, method=None):
+    return {"method": method or variant, "toy variant": variant, "toy tokens": tokens, "toy mean": mean,
+            **{f: mean for f in FAMS}}
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    p = tmp_path / "README.md"
+    p.write_text(f"head\n{BEGIN}\nold\n{END}\ntail\n")
+    update_readme(p, "new")
+    assert p.read_text() == f"head\n{BEGIN}\nnew\n{END}\ntail\n"
+    p.write_text("no markers")
+    with pytest.raises(ValueError, match="no <!-- claims:begin -->"):
+        update_readme(p, "x")
+
+
+@pytest.mark.parametrize("stf_mean, held", [(55.0, "yes"), (50.0, "**no**")])
+def test_stf_table3_verdict_follows_the_tie_rule(tmp_path, stf_mean, held):
+    write(tmp_path, "table3", [stf_row("baseline", 56.0, 144), stf_row("mbtf", 57.0, 144), stf_row("stf", 54.0),
+                               stf_row("mbtf-stf", stf_mean)], {"n_per_family": 40})
+    rows = stf_summary.claims(tmp_path)
+    first = rows[0]
+    assert first.claim.startswith("Table 3: MBTF+STF") and first.verdict.startswith(held)
+    mbtf_adds = rows[1].verdict.startswith("yes")
+    assert mbtf_adds == (stf_mean > 54.0)
+
+
+def test_stf_table4_best_setting_and_missing_tables(tmp_path):
+    assert stf_summary.claims(tmp_path) == []
+    write(tmp_path, "table4", [stf_row("baseline", 60, 144), stf_row("mbtf-stf", 50), stf_row("mbtf-stf-k2-e2", 52, 72)])
+    (row,) = stf_summary.claims(tmp_path)
+    assert row.verdict.startswith("**no**") and row.ours.index("mbtf-stf-k2-e2") < row.ours.index("mbtf-stf 50")
+
+
+def test_stf_standard_error_of_a_mean():
+    r = {f: 50.0 for f in FAMS}
+    assert stf_summary.standard_error(r, 40) == pytest.approx(100 * (6 * 0.25 / 40) ** 0.5 / 6)
+
+
+def atp_t2(avg144, avg88):
+    fixed = [{"method": f"Pre-defined ratio {r}", "avg tokens (toy)": 36.0, "mean": 40.0} for r in ("3/4", "2/3")]
+    return fixed + [{"method": "ATP-LLaVA 144", "avg tokens (toy)": avg144, "mean": 50.0},
+                    {"method": "ATP-LLaVA 88", "avg tokens (toy)": avg88, "mean": 45.0}]
+
+
+@pytest.mark.parametrize("avg144, avg88, held", [(37.5, 22.5, True), (38.0, 22.5, False), (36.0, 20.0, False)])
+def test_atp_budget_claim_uses_the_5_percent_tolerance(tmp_path, avg144, avg88, held):
+    write(tmp_path, "table2", atp_t2(avg144, avg88))
+    budget = atp_summary.claims(tmp_path)[0]
+    assert budget.claim.startswith("Learned thresholds") and budget.verdict.startswith("yes") == held
+
+
+def test_atp_adaptivity_claim_reads_the_ratio_spread(tmp_path):
+    stats = {"1": {"kept_mean": 0.34, "kept_std": 0.001, "theta_r_std": 0.0, "theta_s_std": 0.0},
+             "4": {"kept_mean": 0.1, "kept_std": 0.05, "theta_r_std": 0.02, "theta_s_std": 0.0}}
+    (tmp_path / "ratios.json").write_text(json.dumps({"provenance": {"config": {"stats": stats}}}))
+    (row,) = atp_summary.claims(tmp_path)
+    assert row.verdict.startswith("yes")
+    stats["4"]["kept_std"] = 0.01
+    (tmp_path / "ratios.json").write_text(json.dumps({"provenance": {"config": {"stats": stats}}}))
+    assert atp_summary.claims(tmp_path)[0].verdict.startswith("**no**")
