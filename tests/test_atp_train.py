@@ -81,3 +81,18 @@ def test_fixed_ratio_training_keeps_fixed_counts():
     cfg = cfg_for(steps=3, fixed_keep=(288, 144, 72))
     model, atp, rows = run_tiny(cfg)
     assert rows[-1]["kept_hard"] == [float(c) for c in atp.config.fixed_keep] and atp.config.fixed_keep[0] < 16
+
+
+def test_budget_weight_grows_while_over_budget_and_never_drops_below_its_start():
+    cfg = cfg_for(steps=12, lambda_target=0.05, lambda_growth=0.5)
+    _, _, rows = run_tiny(cfg)
+    target = n_target_of(cfg, 16)
+    assert min(r["lambda_target"] for r in rows) == pytest.approx(0.05)
+    for a, b in zip(rows, rows[1:]):
+        if a["avg_tokens_soft"] > target:
+            assert b["lambda_target"] > a["lambda_target"], (a, b)
+        else:
+            assert b["lambda_target"] <= a["lambda_target"], (a, b)
+    assert any(r["lambda_target"] > 0.05 for r in rows)
+    _, _, fixed = run_tiny(cfg_for(steps=4, lambda_target=0.1, lambda_growth=0.0))
+    assert {r["lambda_target"] for r in fixed} == {0.1}
