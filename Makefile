@@ -68,7 +68,8 @@ SPARSEVLM_ARTIFACTS := sparsevlm-table1 sparsevlm-table2 sparsevlm-table3 sparse
 ATP_ARTIFACTS := atp-table1 atp-table2 atp-table3 atp-table4 atp-table5 atp-table6 atp-fig2 atp-fig4 atp-ratios
 DYRATE_ARTIFACTS := dyrate-table1 dyrate-table2 dyrate-table3 dyrate-table4 dyrate-table5 dyrate-predictor dyrate-claims \
 	dyrate-fig-attention dyrate-fig-rate dyrate-fig-curves
-STF_ARTIFACTS := stf-table1 stf-table2 stf-table3 stf-table4 stf-table5 stf-table5-controlled stf-fig1 stf-fig3
+STF_ARTIFACTS := stf-table1 stf-table2 stf-table3 stf-table4 stf-table5 stf-table5-controlled stf-fig1 stf-fig3 \
+	stf-longer
 ALL_ARTIFACTS := $(SPARSEVLM_ARTIFACTS) $(ATP_ARTIFACTS) $(DYRATE_ARTIFACTS) $(STF_ARTIFACTS)
 STF_VARIANTS := baseline mbtf stf mbtf-stf avgpool tokenconcat mbtf-avgpool mbtf-tokenconcat \
 	mbtf-stf-k2-e2 mbtf-stf-k3-e1 mbtf-stf-k3-e3 mbtf-stf-k4-e4 mbtf-stf-k4-e8
@@ -86,6 +87,11 @@ stf: $(STF_ARTIFACTS)  ## every LLaVA-STF table and figure (trains the missing p
 $(STF_TRAIN): stf-train-%: setup
 	$(PY) -m papers.stf.train $*
 stf-train: $(STF_TRAIN)  ## train every STF toy variant (6-11 min each, resumable)
+STF_LONG := baseline tokenconcat mbtf-stf
+.PHONY: $(addprefix stf-train-long-,$(STF_LONG))
+$(addprefix stf-train-long-,$(STF_LONG)): stf-train-long-%: setup
+	$(PY) -m papers.stf.train $* --long
+stf-longer: $(addprefix stf-train-,$(STF_LONG)) $(addprefix stf-train-long-,$(STF_LONG))
 # the STF tables need trained projector variants (checkpoints/stf-<variant>/, not committed)
 stf-table2: stf-train-baseline stf-train-avgpool stf-train-mbtf-stf
 stf-table3: stf-train-baseline stf-train-mbtf stf-train-stf stf-train-mbtf-stf

@@ -141,3 +141,19 @@ def test_real_path_on_tiny_trained_variants(tmp_path, monkeypatch):
     assert all(0 <= rows["LLaVA-1.5 (AvgPool)"][f] <= 100 for f in E.FAMILIES)
     E.fig3()
     assert len(json.loads((tmp_path / "fig" / "fig3_cases.json").read_text())["rows"]) == 6
+
+
+def test_stage2_length_check_pairs_default_and_long_runs(tmp_path):
+    def evaluator(variant, long):
+        res, card = fake_evaluator(variant)
+        if long:  # the long run scores 10 points more on every family
+            res = FakeResult({f: {"score": m["score"] + 10} for f, m in res.metrics.items()}, res.ids, res.predictions)
+        return res, {**card, "final_loss": {"2": 0.5 if long else 0.6}}
+
+    E.longer(evaluator=evaluator, out=tmp_path)
+    rows = json.loads((tmp_path / "longer.json").read_text())["rows"]
+    assert [(r["variant"], r["stage-2 steps"]) for r in rows] == [
+        (v, s) for v in T.LONG_VARIANTS for s in (T.STFTrainConfig.stage2_steps, T.LONG_STAGE2_STEPS)]
+    for short, long in zip(rows[::2], rows[1::2]):
+        assert long["toy mean"] - short["toy mean"] == pytest.approx(10)
+        assert long["final stage-2 loss"] < short["final stage-2 loss"]

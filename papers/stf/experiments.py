@@ -30,7 +30,8 @@ from common.table_artifact import Table, table_artifact
 from papers.stf import reported as R
 from papers.stf.modules import STFConfig
 from papers.stf.param_counts import LLAVA15, REFERENCE_PARAMS, count_params, meta_projector, structure
-from papers.stf.train import EVAL_FAMILIES, VARIANTS, checkpoint_dir, load_variant, train_variant
+from papers.stf.train import (EVAL_FAMILIES, LONG_STAGE2_STEPS, LONG_VARIANTS, VARIANTS, STFTrainConfig,
+                              checkpoint_dir, load_variant, long_dir, train_variant)
 
 OUT = FIGURES / "stf"
 FAMILIES = EVAL_FAMILIES
@@ -76,12 +77,13 @@ def test_samples(n_per_family: int = N_PER_FAMILY):
     return toyworld_split("test", n_per_family * len(FAMILIES), seed=0, families=FAMILIES)
 
 
-def evaluate_variant(name: str):
-    """(EvalResult, card) of a trained variant on the test split (cached by checkpoint hash)."""
+def evaluate_variant(name: str, folder: Path | None = None):
+    """(EvalResult, card) of a trained variant (default folder checkpoints/stf-<name>) on the test split (cached
+    by checkpoint hash)."""
     from common.evaluation import evaluate
     from common.models.checkpoint import load_card
 
-    folder = checkpoint_dir(name)
+    folder = folder or checkpoint_dir(name)
     vlm = load_variant(folder)
     key = {"checkpoint": file_sha256(folder / "model.safetensors")}
     res = evaluate(vlm, test_samples(), batch_size=16, max_new_tokens=MAX_NEW_TOKENS, run_key=key, progress=False)
@@ -399,3 +401,34 @@ def fig3(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
         ax.set_title(f"{s.question}\nref: {s.answer}\nbase: {vals[4]}\nSTF: {vals[5]}", fontsize=6, loc="left")
     fig.tight_layout()
     save_figure(fig, out / "fig3", provenance=prov)
+
+
+# ------------------------------------------------------------------------------------------ stage-2 length check
+@artifact("stf-longer")
+def longer(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
+    """make stf-longer (ours, not in the paper): baseline, TokenConcat and MBTF+STF with the default stage 2 and
+    with 3x its steps. Tells information loss (a lossless reducer stays low) from reading not yet relearned."""
+    t0 = time.time()
+    if evaluator is None:
+        require_variants("stf-longer", LONG_VARIANTS)
+        missing = [v for v in LONG_VARIANTS if not (long_dir(v) / "card.json").exists()]
+        if missing:
+            raise SystemExit(f"stf-longer: missing {', '.join(missing)}; run "
+                             + " ".join(f"`make stf-train-long-{v}`" for v in missing))
+        evaluator = lambda v, long: evaluate_variant(v, long_dir(v) if long else None)  # noqa: E731
+    rows, inputs = [], {}
+    for v in LONG_VARIANTS:
+        for long in (False, True):
+            res, card = evaluator(v, long)
+            steps = LONG_STAGE2_STEPS if long else STFTrainConfig.stage2_steps
+            inputs[f"stf-{'long-' if long else ''}{v}"] = card.get("weights_sha256")
+            sc = family_scores(res)
+            rows.append({"variant": v, "toy tokens": int(card["visual_tokens"]), "stage-2 steps": steps,
+                         **{f: round(sc[f], 1) for f in FAMILIES if f in sc},
+                         "toy mean": round(statistics.mean(sc[f] for f in FAMILIES if f in sc), 2),
+                         "final stage-2 loss": round(card["final_loss"]["2"], 3)})
+    write_table(rows, (out or OUT) / "longer",
+                title=f"Stage-2 length check (ours, not in the paper) | {SCALE_NOTE}, {N_PER_FAMILY}/family",
+                provenance=_prov("stf-longer", {"variants": list(LONG_VARIANTS),
+                                                "stage2_steps": [STFTrainConfig.stage2_steps, LONG_STAGE2_STEPS]},
+                                 t0, inputs))

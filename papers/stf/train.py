@@ -103,6 +103,18 @@ STEPS_NOTE = ("120 + 480 steps of 32 samples: about 120 x 0.97 + 480 x 1.08 = 63
               "the 144-token variants (baseline, mbtf), about 360 s (~6 min) for the 36-token ones; all under 15 min")
 
 
+# The stage-2 length check (`make stf-longer`, not in the paper): these variants retrained with 3x the stage-2 steps
+# into checkpoints/stf-long-<variant>/, to tell information loss from not-yet-relearned reading.
+LONG_VARIANTS = ("baseline", "tokenconcat", "mbtf-stf")
+LONG_STAGE2_STEPS = 3 * STFTrainConfig.stage2_steps
+
+
+def long_dir(name: str) -> Path:
+    """checkpoints/stf-long-<variant>/ (not committed)."""
+    variant_spec(name)
+    return CHECKPOINTS / f"stf-long-{name}"
+
+
 def variant_spec(name: str) -> Variant:
     if name not in VARIANTS:
         raise ValueError(f"name: unknown STF variant {name!r}; known: {', '.join(VARIANTS)}")
@@ -257,12 +269,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     d = STFTrainConfig()
     p.add_argument("--stage1-steps", type=int, default=d.stage1_steps)
     p.add_argument("--stage2-steps", type=int, default=d.stage2_steps)
+    p.add_argument("--long", action="store_true",
+                   help=f"the stage-2 length check: {LONG_STAGE2_STEPS} stage-2 steps into checkpoints/stf-long-<variant>")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.list or not a.variant:
         for n, v in VARIANTS.items():
             print(f"{n:18s} kind={v.kind:16s} k={v.k} E={v.E}  {v.note}")
         return
+    if a.long:
+        a.out, a.stage2_steps = a.out or str(long_dir(a.variant)), LONG_STAGE2_STEPS
     card = train_variant(a.variant, a.out, (a.stage1_steps, a.stage2_steps), a.seed, a.base,
                          progress=not a.no_progress)
     print(json.dumps({"variant": a.variant, "visual_tokens": card["visual_tokens"],
