@@ -78,7 +78,7 @@ def test_atp_adaptivity_claim_reads_the_ratio_spread(tmp_path):
 
 def test_stf_longer_check_reads_the_gap(tmp_path):
     def row(v, n, m):
-        return {"variant": v, "stage-2 steps": n, "toy mean": m, "textvqa": m}
+        return {"toy variant": v, "stage-2 steps": n, "toy mean": m, "textvqa": m}
     write(tmp_path, "longer", [row("baseline", 480, 58), row("baseline", 1440, 59), row("tokenconcat", 480, 45),
                                row("tokenconcat", 1440, 52), row("mbtf-stf", 480, 45), row("mbtf-stf", 1440, 54)])
     (claim,) = stf_summary.claims(tmp_path)

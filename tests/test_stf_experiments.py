@@ -152,7 +152,7 @@ def test_stage2_length_check_pairs_default_and_long_runs(tmp_path):
 
     E.longer(evaluator=evaluator, out=tmp_path)
     rows = json.loads((tmp_path / "longer.json").read_text())["rows"]
-    assert [(r["variant"], r["stage-2 steps"]) for r in rows] == [
+    assert [(r["toy variant"], r["stage-2 steps"]) for r in rows] == [
         (v, s) for v in T.LONG_VARIANTS for s in (T.STFTrainConfig.stage2_steps, T.LONG_STAGE2_STEPS)]
     for short, long in zip(rows[::2], rows[1::2]):
         assert long["toy mean"] - short["toy mean"] == pytest.approx(10)

@@ -56,7 +56,7 @@ class TrainConfig:
     # image is 0.8 for 144 tokens. Measured on atp-toy-144-finetune (rank thresholds, 200 steps; target 36):
     # 0.2 -> 103.0 tokens, 0.8 -> 42.9, 1.0 -> 37.6, 3.0 -> 29.9 (the L1 penalty then oscillates). With the
     # spec's min-max thresholds, 0.2 -> 72.0 and 0.8 -> 75.6 (module 1 frozen open, see ATPConfig.threshold_on).
-    lambda_target: float = 1.0  # per token of this grid; paper 0.2 per token of 576 (see the README)
+    lambda_target: float = 1.0
     # Budget weight that rises while over budget (*added*, not in the paper; used by the frozen-decoder run): after
     # each step the weight is multiplied by exp(lambda_growth * (N_bar - N_target) / N_target), never below
     # lambda_target nor above LAMBDA_MAX; 0 keeps it fixed (the paper's loss). Why: with a frozen decoder the task

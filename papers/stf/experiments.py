@@ -422,11 +422,8 @@ def longer(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
             res, card = evaluator(v, long)
             steps = LONG_STAGE2_STEPS if long else STFTrainConfig.stage2_steps
             inputs[f"stf-{'long-' if long else ''}{v}"] = card.get("weights_sha256")
-            sc = family_scores(res)
-            rows.append({"variant": v, "toy tokens": int(card["visual_tokens"]), "stage-2 steps": steps,
-                         **{f: round(sc[f], 1) for f in FAMILIES if f in sc},
-                         "toy mean": round(statistics.mean(sc[f] for f in FAMILIES if f in sc), 2),
-                         "final stage-2 loss": round(card["final_loss"]["2"], 3)})
+            cells = toy_cells(v, {v: family_scores(res)}, {v: int(card["visual_tokens"])})
+            rows.append({**cells, "stage-2 steps": steps, "final stage-2 loss": round(card["final_loss"]["2"], 3)})
     write_table(rows, (out or OUT) / "longer",
                 title=f"Stage-2 length check (ours, not in the paper) | {SCALE_NOTE}, {N_PER_FAMILY}/family",
                 provenance=_prov("stf-longer", {"variants": list(LONG_VARIANTS),

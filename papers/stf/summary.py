@@ -110,7 +110,7 @@ def claims(folder: Path = FOLDER) -> list[Claim]:
                          yes(mean_gap >= -TIE) + f" (rule: mean gap no more than {TIE:.0f} points)"))
     lg = load_sidecar(folder, "longer")
     if lg:
-        r = {(x["variant"], x["stage-2 steps"]): x for x in lg["rows"]}
+        r = {(x["toy variant"], x["stage-2 steps"]): x for x in lg["rows"]}
         short, long = sorted({k[1] for k in r})
         gap = {n: r[("baseline", n)]["toy mean"] - r[("mbtf-stf", n)]["toy mean"] for n in (short, long)}
         cells = "; ".join(f"{v} {fmt(r[(v, short)]['toy mean'])} -> {fmt(r[(v, long)]['toy mean'])} (textvqa "
