@@ -195,3 +195,51 @@ def test_generation_never_emits_the_image_placeholder(samples):
         out = vlm.model.generate(**inp, max_new_tokens=3, use_cache=False)
     new = out[:, inp["input_ids"].shape[1]:]
     assert not (new == vlm.image_token_id).any() and not (new == vlm.pad_id).any()
+
+
+def test_packed_branches_compute_exactly_what_separate_samples_compute():
+    """Each branch of a packed row sees the image prefix and itself only, at the positions a single-sample
+    row gives it: its logits equal those of `build_training_batch` on that sample alone."""
+    from common.data.toyworld import make_dialogue
+    from common.models.toy_train import with_positions
+
+    torch.set_num_threads(1)
+    vlm = ToyVLM.fresh(TINY, seed=0)
+    groups = [make_dialogue("train", 0, i, {"gqa": 1.0, "count": 1.0, "mc": 1.0, "textvqa": 1.0}, k)
+              for i, k in ((0, 4), (1, 1), (2, 3))]
+    packed = vlm.build_packed_batch(groups)
+    assert packed["attention_mask"].dtype == torch.bool and packed["attention_mask"].shape[1] == 1
+    with torch.no_grad():
+        lp = vlm.model(**{k: v for k, v in packed.items() if k != "labels"}).logits
+        for i, g in enumerate(groups):
+            lab = packed["labels"][i]
+            assert lab[lab != -100].tolist() == sum((vlm.answer_ids(s) for s in g), [])
+            single = with_positions(vlm.build_training_batch(g))
+            ls = vlm.model(**{k: v for k, v in single.items() if k != "labels"}).logits
+            want = torch.cat([ls[j, :-1][single["labels"][j, 1:] != -100] for j in range(len(g))])
+            got = lp[i, :-1][lab[1:] != -100]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_mask_isolates_branches_and_positions_restart():
+    from common.data.toyworld import make_dialogue
+
+    vlm = ToyVLM.fresh(TINY, seed=0)
+    g = make_dialogue("train", 0, 5, {"gqa": 1.0, "pope": 1.0}, 3)
+    b = vlm.build_packed_batch([g, g[:1]])
+    mask, pos = b["attention_mask"][:, 0], b["position_ids"]
+    prefix = len(vlm.image_prefix_ids(g[0]))
+    lens = [len(vlm.question_ids(s)) + len(vlm.answer_ids(s)) for s in g]
+    width = b["input_ids"].shape[1]
+    assert width == prefix + sum(lens)
+    starts = [prefix + sum(lens[:k]) for k in range(3)]
+    for k, s in enumerate(starts):
+        assert pos[0, s].item() == prefix  # every branch restarts right after the image prefix
+        last = s + lens[k] - 1
+        seen = mask[0, last].nonzero().squeeze(1).tolist()
+        assert seen == list(range(prefix)) + list(range(s, last + 1))  # prefix + itself, no other branch
+    pad = width - (prefix + lens[0])  # row 1 is left-padded
+    assert mask[1, :pad].equal(torch.eye(width, dtype=torch.bool)[:pad])  # padding attends to itself only
+    assert not mask[1, pad:, :pad].any()  # and nobody attends to padding
+    with pytest.raises(ValueError, match="at least one sample"):
+        vlm.build_packed_batch([[]])

@@ -59,6 +59,7 @@ class ToyTrainConfig:
     batch: int = 32
     video_every: int = 6  # every 6th stage-2 step is a batch of batch // 3 clips (~same tokens as 32 images)
     turns: int = 1  # questions per image in a stage-2 dialogue (> 1: a dialogue batch holds batch // 2 images)
+    packed: bool = False  # with turns > 1: the turns as parallel branches of one row (no leakage between them)
     position_heads: bool = False  # stage 0 also predicts each patch's row and column
     rescale_tower: bool = False  # rescale the frozen tower to RMS-1 features before stage 1
     lr1: float = 1e-3
@@ -161,6 +162,18 @@ def stage_batch(vlm: ToyVLM, stage: int, step: int, tc: ToyTrainConfig) -> dict[
     elif tc.turns > 1 and tc.video_every and step % tc.video_every == 2:
         fams = ["caption"] * max(1, tc.batch // 2)  # captions get their own batches: in a dialogue they
         # would spell out the answers of the other turns
+    elif tc.turns > 1 and tc.packed:
+        # Half the rows: `turns` questions about one dialogue scene as parallel branches; the other half:
+        # single benchmark-style samples, whose generators control what dialogue scenes don't (flat count
+        # priors, tile scenes, POPE's negative sampling). Captions get their own batches (above).
+        n = max(1, tc.batch // 2)
+        mix = {f: w for f, w in MIX.items() if f != "caption"}
+        groups = [make_dialogue("train", tc.seed, step * n + j, mix, tc.turns, vlm.cfg.grid) for j in range(n)]
+        single = {f: w for f, w in MIX.items() if f in FAMILIES and f != "caption"}
+        fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch - n)
+        base = (stage * 10_000_000) + step * tc.batch
+        groups += [[make_sample("train", tc.seed, base + j, f, vlm.cfg.grid)] for j, f in enumerate(fams)]
+        return vlm.build_packed_batch(groups)
     elif tc.turns > 1:
         n = max(1, tc.batch // 2)
         mix = {f: w for f, w in MIX.items() if f != "caption"}
@@ -260,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default="checkpoints/toy-llava")
     for f, v in asdict(ToyTrainConfig()).items():
         if isinstance(v, bool):
-            p.add_argument(f"--{f.replace('_', '-')}", action="store_true")
+            p.add_argument(f"--{f.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=v)
         else:
             p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     for f, v in asdict(ToyConfig()).items():
