@@ -66,8 +66,9 @@ mini-report: setup-mini  ## mini model on easy-vqa: all / blind / FastV, ToMe, r
 SPARSEVLM_ARTIFACTS := sparsevlm-table1 sparsevlm-table2 sparsevlm-table3 sparsevlm-table4 \
 	sparsevlm-fig3 sparsevlm-fig4 sparsevlm-fig5 sparsevlm-fig6 sparsevlm-fig7 sparsevlm-fig8
 ATP_ARTIFACTS := atp-table1 atp-table2 atp-table3 atp-table4 atp-table5 atp-table6 atp-fig2 atp-fig4 atp-ratios
-DYRATE_ARTIFACTS := dyrate-table1 dyrate-table2 dyrate-table3 dyrate-table4 dyrate-table5 dyrate-predictor dyrate-claims \
-	dyrate-fig-attention dyrate-fig-rate dyrate-fig-curves
+# dyrate-claims comes last: it reads the figures' sidecars
+DYRATE_ARTIFACTS := dyrate-table1 dyrate-table2 dyrate-table3 dyrate-table4 dyrate-table5 dyrate-predictor \
+	dyrate-fig-attention dyrate-fig-rate dyrate-fig-curves dyrate-claims
 STF_ARTIFACTS := stf-table1 stf-table2 stf-table3 stf-table4 stf-table5 stf-table5-controlled stf-fig1 stf-fig3 \
 	stf-longer
 ALL_ARTIFACTS := $(SPARSEVLM_ARTIFACTS) $(ATP_ARTIFACTS) $(DYRATE_ARTIFACTS) $(STF_ARTIFACTS)

@@ -22,6 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIGURES = REPO_ROOT / "figures"
 SCALES = ("toy", "mini", "paper")
 TOY_CHECKPOINT = REPO_ROOT / "checkpoints" / "toy-llava"
+# The previous toy model (single-question rows, 3000 stage-2 steps; 53.6% val). ATP and STF artifacts were
+# trained and measured on it and stay pinned to it until they are regenerated on TOY_CHECKPOINT
+# (ATP ~30 min, STF ~2.7 h on 2 cores); see checkpoints/README.md.
+TOY_CHECKPOINT_V1 = REPO_ROOT / "checkpoints" / "toy-llava-v1"
 
 
 @dataclass(frozen=True)

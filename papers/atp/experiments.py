@@ -23,7 +23,8 @@ from common import flops as F
 from common.artifacts import file_sha256, provenance, save_figure, write_table
 from common.attention import decoder_of
 from common.evaluation import EvalResult, evaluate
-from common.experiment import FIGURES, TOY_CHECKPOINT, artifact, load_vlm
+from common.experiment import FIGURES, artifact, load_vlm
+from papers.atp.train import BASE_CHECKPOINT
 from common.registry import build_reducer
 from common.schedule import map_layer
 from papers.atp import reported as R
@@ -85,11 +86,11 @@ def ensure_run(cfg: TrainConfig) -> Path:
 
 
 def base_vlm():
-    return load_vlm("toy")
+    return load_vlm("toy", BASE_CHECKPOINT)
 
 
 def base_key() -> dict:
-    return {"checkpoint": _hash_folder(TOY_CHECKPOINT)}
+    return {"checkpoint": _hash_folder(BASE_CHECKPOINT)}
 
 
 def _hash_folder(folder: Path) -> str:

@@ -29,7 +29,10 @@ from torch import nn
 from common import flops as F
 from common import spans as S
 from common.attention import decoder_of
-from common.experiment import REPO_ROOT, TOY_CHECKPOINT
+from common.experiment import REPO_ROOT, TOY_CHECKPOINT_V1
+
+# ATP's committed artifacts were measured on the previous toy model; pinned until regenerated (common.experiment).
+BASE_CHECKPOINT = TOY_CHECKPOINT_V1
 from common.reduction import reduce_tokens
 from papers.atp.method import ATPReducer
 from papers.atp.module import (PAPER_ATP_LAYERS, ATPConfig, ATPModules, atp_layers, atp_loss, average_tokens_soft,
@@ -328,7 +331,7 @@ def load_run(folder: Path | str, vlm) -> tuple[ATPModules, dict]:
     return atp, card
 
 
-def run(cfg: TrainConfig, out: Path | None = None, base: Path = TOY_CHECKPOINT) -> Path:
+def run(cfg: TrainConfig, out: Path | None = None, base: Path = BASE_CHECKPOINT) -> Path:
     """Train one configuration on the toy model and write its checkpoint folder; returns the folder."""
     from common.data.toyworld import toyworld_split
     from common.experiment import load_vlm

@@ -39,7 +39,10 @@ import torch
 from common.artifacts import portable
 from common.data.tokenizer import load_tokenizer
 from common.data.toyworld import toyworld_split
-from common.experiment import REPO_ROOT, TOY_CHECKPOINT
+from common.experiment import REPO_ROOT, TOY_CHECKPOINT_V1
+
+# STF's committed artifacts were measured on the previous toy model; pinned until regenerated (common.experiment).
+BASE_CHECKPOINT = TOY_CHECKPOINT_V1
 from common.models.checkpoint import file_sha256, load_weights
 from common.models.toy import CONFIG_FILE, ToyConfig, ToyVLM, build_model
 from common.models.toy_train import ToyTrainConfig, first_token_accuracy, stage_batch
@@ -167,7 +170,7 @@ def _data_config(tc: STFTrainConfig) -> ToyTrainConfig:
 
 
 def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int, int] | None = None,
-                  seed: int = 0, base: str | Path = TOY_CHECKPOINT, config: STFTrainConfig | None = None,
+                  seed: int = 0, base: str | Path = BASE_CHECKPOINT, config: STFTrainConfig | None = None,
                   progress: bool = True) -> dict:
     """Train variant `name` (both stages) into `out_dir` (default checkpoints/stf-<name>) and return its card.
 
@@ -264,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("variant", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--out", default=None, help="output folder (default checkpoints/stf-<variant>)")
-    p.add_argument("--base", default=str(TOY_CHECKPOINT), help="trained toy LLaVA to start from")
+    p.add_argument("--base", default=str(BASE_CHECKPOINT), help="trained toy LLaVA to start from")
     p.add_argument("--seed", type=int, default=0)
     d = STFTrainConfig()
     p.add_argument("--stage1-steps", type=int, default=d.stage1_steps)
