@@ -11,11 +11,12 @@ LLaVA-1.5's two stages, preceded by a stage 0 that stands in for CLIP's pretrain
   1. alignment on captions: projector trained on image-caption pairs. *Changed from LLaVA*: the LM is
      trained too (LLaVA freezes Vicuna here, but ours is random and must learn language).
   2. instruction tuning on every ToyWorld family: projector + LM trained, tower frozen (as LLaVA).
-     Default (`--turns 6 --packed`): half of each batch's rows hold six questions about one scene as
-     parallel branches (`ToyVLM.build_packed_batch`: a 4D mask lets each branch see the image and itself
-     only, so no answer leaks into another question), the other half single benchmark-style samples;
-     captions and clips get batches of their own. `--no-packed` lays the turns out as a sequential
-     dialogue instead; `--turns 1` is the original single-question recipe.
+     Default (`--turns 6 --packed`): half of each batch's rows hold six questions about one scene (any
+     family, or a training-only lookup list, `MIX`) as parallel branches (`ToyVLM.build_packed_batch`:
+     a 4D mask lets each branch see the image and itself only, so no answer leaks into another
+     question), the other half single benchmark-style samples; captions and clips get their own batches.
+     `--no-packed` lays the turns out as a sequential dialogue instead; `--turns 1` is the original
+     single-question recipe.
 The loss is on answer tokens only. Each stage is resumable (common.models.train); a stage that finished
 is skipped on rerun. Batches are pure functions of (seed, stage, step), so a resumed run is identical.
 Video clips (3 frames = 3x the visual tokens) go in their own smaller batches every `video_every` steps,
