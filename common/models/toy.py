@@ -161,7 +161,7 @@ class ToyVLM:
             lab = [IGNORE] * len(row)
             for k, s in enumerate(turns):
                 if k:
-                    q = self.tokenizer.encode(f"question : {s.question} answer :").ids
+                    q = self.question_ids(s)
                     row, lab = row + q, lab + [IGNORE] * len(q)
                 a = self.answer_ids(s)
                 row, lab = row + a, lab + a
@@ -181,35 +181,31 @@ class ToyVLM:
         leaks between questions, while the image's tokens are paid once for all of them. Why: the toy
         model learns object lookup from the number of supervised questions it sees, and a 144-token image
         costs ~10x a question. Rows are left-padded; pad queries attend only to themselves (no NaNs)."""
-        rows, labels, branch = [], [], []
+        rows, labels, branch, positions = [], [], [], []
         for g in groups:
             if not g:
                 raise ValueError("groups: every group needs at least one sample")
             prefix = self.image_prefix_ids(g[0])
-            if any(len(s.images) != len(g[0].images) for s in g):
+            if any(len(s.images) != len(g[0].images) for s in g):  # pixels come from the group's first sample
                 raise ValueError("groups: the samples of a group must share their images")
-            row, lab, br = list(prefix), [IGNORE] * len(prefix), [0] * len(prefix)
+            row, lab, br, pos = list(prefix), [IGNORE] * len(prefix), [0] * len(prefix), list(range(len(prefix)))
             for k, s in enumerate(g, start=1):
                 q, a = self.question_ids(s), self.answer_ids(s)
                 row += q + a
                 lab += [IGNORE] * len(q) + a
                 br += [k] * (len(q) + len(a))
+                pos += range(len(prefix), len(prefix) + len(q) + len(a))  # restart right after the prefix
             rows.append(row)
             labels.append(lab)
             branch.append(br)
+            positions.append(pos)
         batch = left_pad(rows, self.pad_id, labels)
         width = batch["input_ids"].shape[1]
         br = torch.full((len(rows), width), -1, dtype=torch.long)  # -1 = padding
         pos = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, b in enumerate(branch):
-            b_t = torch.tensor(b)
-            br[i, width - len(b):] = b_t
-            n_prefix = int((b_t == 0).sum())
-            p = torch.arange(len(b))
-            for k in range(1, int(b_t.max()) + 1):  # each branch restarts right after the prefix
-                idx = (b_t == k).nonzero().squeeze(1)
-                p[idx] = n_prefix + torch.arange(len(idx))
-            pos[i, width - len(b):] = p
+        for i, (b, p) in enumerate(zip(branch, positions)):
+            br[i, width - len(b):] = torch.tensor(b)
+            pos[i, width - len(p):] = torch.tensor(p)
         q_br, k_br = br[:, :, None], br[:, None, :]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         mask = causal & (k_br >= 0) & ((k_br == 0) | (k_br == q_br))

@@ -24,12 +24,11 @@ from common.artifacts import file_sha256, provenance, save_figure, write_table
 from common.attention import decoder_of
 from common.evaluation import EvalResult, evaluate
 from common.experiment import FIGURES, artifact, load_vlm
-from papers.atp.train import BASE_CHECKPOINT
 from common.registry import build_reducer
 from common.schedule import map_layer
 from papers.atp import reported as R
 from papers.atp.method import ATPReducer
-from papers.atp.train import CHECKPOINTS, TrainConfig, load_run, run as train_run
+from papers.atp.train import BASE_CHECKPOINT, CHECKPOINTS, TrainConfig, load_run, run as train_run
 
 OUT = FIGURES / "atp"
 FAMILIES = ("gqa", "pope", "textvqa", "count", "scene", "mc")

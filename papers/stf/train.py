@@ -166,8 +166,10 @@ def set_trainable(vlm: ToyVLM, stage: int) -> list[torch.nn.Parameter]:
 
 
 def _data_config(tc: STFTrainConfig) -> ToyTrainConfig:
-    """The toy recipe's batch builder, reused: captions in stage 1, the QA mix in stage 2, no video clips."""
-    return ToyTrainConfig(batch=tc.batch, seed=DATA_SEED_OFFSET + tc.seed, video_every=0)
+    """The toy recipe's batch builder, reused: captions in stage 1, the QA mix in stage 2, no video clips.
+    One question per row (`turns=1`), as the committed variants were trained: the toy model's default is
+    now packed rows, and following it would change every STF batch."""
+    return ToyTrainConfig(batch=tc.batch, seed=DATA_SEED_OFFSET + tc.seed, video_every=0, turns=1)
 
 
 def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int, int] | None = None,
