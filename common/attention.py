@@ -27,6 +27,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from common import spans as S
 from common.attention_registry import register_wrapped_attention
+from common.hf_compat import cache_arg, call_arg
 
 QUERY_CHUNK = 256  # query rows per chunk when a slice has many queries (bounds memory at 256 x Lk per head)
 
@@ -255,11 +256,6 @@ def capture_implementation(model: nn.Module):
             c._attn_implementation = saved[k]
 
 
-def _call_arg(args, kwargs, name, pos):
-    if name in kwargs:
-        return kwargs[name]
-    return args[pos] if len(args) > pos else None
-
 
 @contextmanager
 def capture_attention(model: nn.Module, layers: Iterable[int] | dict[int, AttentionSlice],
@@ -286,14 +282,14 @@ def capture_attention(model: nn.Module, layers: Iterable[int] | dict[int, Attent
     cap = AttentionCapture(layer_specs)
 
     def pre_hook(module, args, kwargs):
-        ids = _call_arg(args, kwargs, "input_ids", 0)
+        ids = call_arg(args, kwargs, "input_ids", 0)
         if ids is None:
             return None
         am = kwargs.get("attention_mask")
         if any(not s.full for s in layer_specs.values()):
             if image_token_id is None:
                 raise ValueError("image_token_id: needed to find visual tokens (model config has none)")
-            pkv = kwargs.get("past_key_values")
+            pkv = cache_arg(kwargs)
             if pkv is not None and pkv.get_seq_length() > 0:  # decode: keys = cached tokens + new ones
                 new = torch.full((ids.shape[0], ids.shape[1]), S.RESPONSE, dtype=torch.int8, device=ids.device)
                 kinds = torch.cat([cap._prompt_kinds, new], 1)

@@ -38,9 +38,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
 
 from common import attention as A
+from common.hf_compat import cache_arg, call_arg, causal_mask
 from common import spans as S
 from common.spans import TokenSpans
 
@@ -261,11 +261,6 @@ class ReductionState:
 
 
 # ---------------------------------------------------------------------------------------- the hook
-def _call_arg(args, kwargs, name, pos):
-    if name in kwargs:
-        return kwargs[name]
-    return args[pos] if len(args) > pos else None
-
 
 def _validate_selection(sel: Selection, ctx: ReductionContext, reducer: Reducer) -> list[torch.Tensor]:
     if not isinstance(sel, Selection):
@@ -310,9 +305,9 @@ class _Hook:
     # ---- top-level: one call per forward; decides prefill vs decode
     def model_pre_hook(self, module, args, kwargs):
         st = self.state
-        ids = _call_arg(args, kwargs, "input_ids", 0)
+        ids = call_arg(args, kwargs, "input_ids", 0)
         am = kwargs.get("attention_mask")
-        pkv = kwargs.get("past_key_values")
+        pkv = cache_arg(kwargs)
         past = pkv.get_seq_length() if pkv is not None else 0
         if ids is None:
             raise ValueError("input_ids: reduce_tokens needs input_ids to find the visual tokens "
@@ -400,7 +395,7 @@ class _Hook:
 
     def _prefill_layer(self, l, module, args, kwargs):
         st = self.state
-        hidden = _call_arg(args, kwargs, "hidden_states", 0)
+        hidden = call_arg(args, kwargs, "hidden_states", 0)
         if l == 0:  # the original position the first generated token will get (last prompt position + 1)
             pos0 = kwargs.get("position_ids")
             pos0 = torch.arange(hidden.shape[1], device=hidden.device)[None] if pos0 is None else pos0
@@ -504,8 +499,7 @@ class _Hook:
             shift = self._next_pos - new_valid.long().sum(1)
             new_pos = (new_valid.long().cumsum(1) - 1).clamp(min=0).masked_fill(is_pad, 1)
         cache = self._cache
-        mask = create_causal_mask(config=self.dec.config, inputs_embeds=new_h, attention_mask=new_valid,
-                                  past_key_values=cache, position_ids=None, layer_idx=l)
+        mask = causal_mask(self.dec.config, new_h, new_valid, cache, layer_idx=l)
         pe = self.dec.rotary_emb(new_h, position_ids=new_pos)
         seg = _Segment(l, new_kinds, new_layout, new_valid, new_pos, shift, mask, pe)
         st._segments.append(seg)
@@ -514,7 +508,7 @@ class _Hook:
 
     def _decode_layer(self, l, args, kwargs):
         st = self.state
-        hidden = _call_arg(args, kwargs, "hidden_states", 0)
+        hidden = call_arg(args, kwargs, "hidden_states", 0)
         q = hidden.shape[1]
         seg = st._segment_of(l)
         kinds = self._view(seg)[0]
@@ -560,8 +554,7 @@ class _Hook:
             hidden_cols = st._hide.gather(1, layout.clamp(min=0)) & (layout >= 0)
             prompt = prompt & ~hidden_cols
         mask2d = torch.cat([prompt, gen_mask], 1)
-        return create_causal_mask(config=self.dec.config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  past_key_values=self._cache, position_ids=None, layer_idx=l)
+        return causal_mask(self.dec.config, hidden, mask2d, self._cache, layer_idx=l)
 
     def _decode_select(self, l, hidden, seg):
         st = self.state
