@@ -177,6 +177,16 @@ def test_dialogue_turns_share_one_training_scene_and_never_repeat_a_question():
         make_dialogue("train", 0, 0, mix, 0)
 
 
+def test_dialogue_weights_name_known_families():
+    from common.data.toyworld import make_dialogue
+
+    turns = make_dialogue("train", 0, 1, {"lookup": 1.0}, 2)  # training-only families alone are fine
+    assert turns and all(s.family == "lookup" for s in turns)
+    for bad in ({"letterz": 1.0}, {}):
+        with pytest.raises(ValueError, match="unknown families"):
+            make_dialogue("train", 0, 0, bad, 3)
+
+
 def test_dialogue_counts_count_the_given_scene():
     """Counting on a given scene counts its objects (the benchmark's counts are drawn count-first instead)."""
     import random

@@ -443,7 +443,11 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
     toy model learn object lookup within the 90-minute training budget. Families are drawn with `weights`
     among those the scene supports (a scene without tiles asks no reading question), and no question is
     asked twice. Captions are better kept out of `weights`: a caption would answer the later turns."""
-    _check(split, [f for f in weights if f not in TRAIN_ONLY_FAMILIES] or list(weights), grid, None)
+    unknown = [f for f in weights if f not in FAMILIES + TRAIN_ONLY_FAMILIES]
+    if unknown or not weights:
+        raise ValueError(f"weights: unknown families {unknown or weights!r}; expected a non-empty subset of "
+                         f"{FAMILIES + TRAIN_ONLY_FAMILIES}")
+    _check(split, FAMILIES, grid, None)
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     rng = random.Random(f"toyworld-dialogue:{seed}:{split}:{i}")

@@ -2,7 +2,7 @@
 
 LLaVA-1.5's two stages, preceded by a stage 0 that stands in for CLIP's pretraining:
   0. *added*: the CLIP tower is pretrained alone with dense per-patch labels (colour, shape, digit and
-     size of the object under each patch; with `--position-heads` also its row and column; linear heads
+     size of the object under each patch, and its row and column (`--position-heads`, default); linear heads
      discarded afterwards). `--rescale-tower` then rescales it to O(1) features (`rescale_tower_features`).
      LLaVA starts from a pretrained CLIP; ours starts from random weights, and without this stage the
      whole model sat at chance after 600 end-to-end steps (measured: val accuracy at chance on every
@@ -27,10 +27,21 @@ Measured (2 idle cores; val first-token accuracy, 48 per family, the card's `val
     extended): 53.6% avg; gqa "what color is the <shape>" 20% (the prior), i.e. no object lookup.
   - why: lookup is learned from the *number* of supervised questions. A fresh LM on v1's tower trained on
     color_of questions alone reached 35% after ~19k questions in single rows, 70% after ~44k in packed rows.
-  - packed rows (the default, 5000 stage-2 steps, 73 min): 66.4% avg (gqa 72.9, textvqa 79.2, count
-    72.9, pope 66.7, video 52.1, scene 100, mc 20.8); color_of 100%, but relations ("left of", "above")
-    and multiple choice stay at chance. Packing gives 2.8x the supervised answer tokens per second
+  - packed rows (5000 stage-2 steps, 73 min; checkpoint v2): 66.4% avg (gqa 72.9, textvqa 79.2, count
+    72.9, pope 66.7, video 52.1, scene 100, mc 20.8); color_of 100%, but relations ("left of", "above"),
+    multiple choice and video stay at chance. Packing gives 2.8x the supervised answer tokens per second
     (0.84 vs 0.63 s per step for 6x the questions).
+  - why video failed: on v2's tower a linear probe reads an object patch's row / column at chance (13% / 9%
+    of 12; background patches 78%): the stage-0 content heads wash position out of object features, and
+    RoPE puts position into attention scores, never into the values an answer can read.
+  - + `--position-heads` (the default since; checkpoint v3, 70 min): row / column read at 100% from object
+    patches, content heads unchanged (100%). Val 71.1% avg (48 per family); on 150 per family 68.9% vs
+    v2's 63.8%: video 45 -> 100% (every event kind), but textvqa 71 -> 55 and count 65 -> 60, and
+    relations still at chance (rel_ab 48, rel_lr 44, as v2: the model answers one side).
+  - training-only text turns "options : A red , B cyan ... which letter is cyan ?" (weight 2, with position
+    heads) to teach mc's letter-matching hop: 12% on those turns and mc 28% after 3250 steps, and object
+    lookup lagged (color_of 33-44% on 9 val questions at steps 2850-3250; 56% at step 1875 without
+    them); stopped there and dropped.
   - sequential dialogues with lookup lists (`--turns 6 --no-packed --position-heads --rescale-tower`):
     42.1% at 2275 steps, flat since step 500: later turns can copy answers from earlier ones.
 """
@@ -57,7 +68,8 @@ from common.models.train import TrainConfig, train
 # Family weights of the instruction-tuning mix (video comes in its own batches). Fine-grained families
 # (relations, counting, reading) get more weight: they are the slowest to learn.
 MIX: dict[str, float] = {"gqa": 3.0, "pope": 1.5, "textvqa": 1.5, "count": 2.5, "scene": 0.5, "mc": 1.5,
-                         "caption": 1.0, "lookup": 3.0}  # "lookup": training-only dialogue turns (toyworld)
+                         "caption": 1.0, "lookup": 3.0}
+# "lookup" and "letters": training-only dialogue turns (toyworld.TRAIN_ONLY_FAMILIES)
 
 
 @dataclass
@@ -70,7 +82,7 @@ class ToyTrainConfig:
     video_every: int = 6  # every 6th stage-2 step is a batch of batch // 3 clips (~same tokens as 32 images)
     turns: int = 6  # questions per image in a stage-2 dialogue (> 1: a dialogue batch holds batch // 2 images)
     packed: bool = True  # with turns > 1: the turns as parallel branches of one row (no leakage between them)
-    position_heads: bool = False  # stage 0 also predicts each patch's row and column
+    position_heads: bool = True  # stage 0 also predicts each patch's row and column (video 45 -> 100%)
     rescale_tower: bool = False  # rescale the frozen tower to RMS-1 features before stage 1
     lr1: float = 1e-3
     lr2: float = 1e-3
@@ -92,9 +104,9 @@ _PATCH_HEADS = {"color": ["-", *COLORS], "shape": ["-", *SHAPES], "digit": ["-",
 class TowerPretrainer(torch.nn.Module):
     """The CLIP tower + one linear head per patch attribute (stage 0). Heads are dropped afterwards.
 
-    Optional row and column heads make every patch feature carry its grid position explicitly, so that
-    relation questions ("left of", "above") and "which object moved" could compare features instead of
-    decoding a flattened sequence index from RoPE."""
+    Row and column heads make every patch feature carry its grid position explicitly, so that "which
+    object moved" and relation questions ("left of", "above") can compare features instead of decoding a
+    flattened sequence index from RoPE (video: 45 -> 100% val; relations still at chance)."""
 
     def __init__(self, tower: torch.nn.Module, width: int, grid: int, position_heads: bool = False):
         super().__init__()
