@@ -69,7 +69,7 @@ from common.models.train import TrainConfig, train
 # (relations, counting, reading) get more weight: they are the slowest to learn.
 MIX: dict[str, float] = {"gqa": 3.0, "pope": 1.5, "textvqa": 1.5, "count": 2.5, "scene": 0.5, "mc": 1.5,
                          "caption": 1.0, "lookup": 3.0}
-# "lookup" and "letters": training-only dialogue turns (toyworld.TRAIN_ONLY_FAMILIES)
+# "lookup": training-only dialogue turns (toyworld.TRAIN_ONLY_FAMILIES)
 
 
 @dataclass
@@ -77,7 +77,7 @@ class ToyTrainConfig:
     stage0_steps: int = 600  # 0.23 s per step: ~2.5 min; digits are the slowest head
     stage0_lr: float = 2e-3
     stage1_steps: int = 200
-    stage2_steps: int = 5000  # ~0.8 s each (packed rows) with 2 threads: ~68 min; 73 min in all
+    stage2_steps: int = 5000  # ~0.8 s each (packed rows) with 2 threads: 70 min in all (measured, v3)
     batch: int = 32
     video_every: int = 6  # every 6th stage-2 step is a batch of batch // 3 clips (~same tokens as 32 images)
     turns: int = 6  # questions per image in a stage-2 dialogue (> 1: a dialogue batch holds batch // 2 images)
