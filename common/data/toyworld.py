@@ -443,11 +443,7 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
     toy model learn object lookup within the 90-minute training budget. Families are drawn with `weights`
     among those the scene supports (a scene without tiles asks no reading question), and no question is
     asked twice. Captions are better kept out of `weights`: a caption would answer the later turns."""
-    unknown = [f for f in weights if f not in FAMILIES + TRAIN_ONLY_FAMILIES]
-    if unknown or not weights:
-        raise ValueError(f"weights: unknown families {unknown or weights!r}; expected a non-empty subset of "
-                         f"{FAMILIES + TRAIN_ONLY_FAMILIES}")
-    _check(split, FAMILIES, grid, None)
+    _check(split, list(weights), grid, None, known=FAMILIES + TRAIN_ONLY_FAMILIES)
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     rng = random.Random(f"toyworld-dialogue:{seed}:{split}:{i}")
@@ -480,12 +476,13 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
 
 # ---------------------------------------------------------------- samples
 
-def _check(split: str, families: Sequence[str], grid: int, image_size: int | None) -> int:
+def _check(split: str, families: Sequence[str], grid: int, image_size: int | None,
+           known: Sequence[str] = FAMILIES) -> int:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in known]
     if unknown or not families:
-        raise ValueError(f"unknown families {unknown or families!r}; expected a non-empty subset of {FAMILIES}")
+        raise ValueError(f"unknown families {unknown or families!r}; expected a non-empty subset of {tuple(known)}")
     if not isinstance(grid, int) or grid < 6:
         raise ValueError(f"grid must be an int >= 6 (cells per side), got {grid!r}")
     if image_size is None:
