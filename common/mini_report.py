@@ -277,12 +277,14 @@ def load(scale: str, checkpoint: Path | None, n: int, seed: int) -> tuple[Any, l
         return (vlm, easyvqa_split("test", n, seed), easyvqa_split("train", 32, seed), key,
                 f"easy-vqa test, {n} questions")
     from common.data.toyworld import FAMILIES, toyworld_split
+    from common.models.checkpoint import data_version
     from common.toy_report import DEFAULT_CHECKPOINT as TOY, load_toy_vlm
 
     ckpt = checkpoint or TOY
     qa = [f for f in FAMILIES if f != "caption"]
-    return (load_toy_vlm(ckpt), toyworld_split("test", n, seed=seed, families=qa),
-            toyworld_split("val", 32, seed=seed, families=qa), {"checkpoint": hash_checkpoint(ckpt)},
+    version = data_version(ckpt)
+    return (load_toy_vlm(ckpt), toyworld_split("test", n, seed=seed, families=qa, version=version),
+            toyworld_split("val", 32, seed=seed, families=qa, version=version), {"checkpoint": hash_checkpoint(ckpt)},
             f"ToyWorld test (QA families), {n} samples")
 
 

@@ -191,11 +191,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     from common.data.toyworld import toyworld_split
     from common.evaluation import init_distributed
+    from common.models.checkpoint import data_version
 
     rank, _, device = init_distributed()  # several GPUs: torchrun --nproc_per_node N -m common.toy_report
     vlm = load_toy_vlm(args.checkpoint)
     vlm.model.to(device)
-    samples = toyworld_split("test", args.n, seed=args.seed)
+    samples = toyworld_split("test", args.n, seed=args.seed, version=data_version(args.checkpoint))
     run_key = {"checkpoint": hash_checkpoint(args.checkpoint)}
     results = run_settings(vlm, samples, run_key=run_key, seed=args.seed, batch_size=args.batch_size,
                            cache_dir=args.cache_dir or None, progress=not args.quiet and rank == 0)

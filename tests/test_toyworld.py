@@ -11,7 +11,8 @@ from common.data.sample import Sample
 from common.data.tokenizer import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, UNK, build_tokenizer, load_tokenizer, \
     save_tokenizer
 from common.data.toyworld import (
-    FAMILIES, POPE_SPLITS, QA_FAMILIES, SPLITS, make_sample, scene_split, toyworld_split, toyworld_stream,
+    DATA_VERSION, FAMILIES, LETTERS, POPE_SPLITS, QA_FAMILIES, SPLITS, make_sample, scene_split, toyworld_split,
+    toyworld_stream,
 )
 from common.data.toyworld_render import Obj, Scene, render
 
@@ -140,6 +141,7 @@ def test_stream_is_deterministic_and_resumable():
     (dict(split="dev", n=2), "split"),
     (dict(split="val", n=2, grid=12, image_size=100), "not divisible"),
     (dict(split="val", n=2, grid=3), "grid"),
+    (dict(split="val", n=2, version=3), "data version"),
 ])
 def test_bad_input_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -208,3 +210,69 @@ def test_dialogue_counts_count_the_given_scene():
         else:
             assert q.answer == str(sum(o.color == q.args["color"] for o in scene.objects))
     assert seen == {"count_all", "count_shape", "count_color"}
+
+
+def _scene_objects(sample: Sample) -> dict[str, tuple[float, float]]:
+    """name -> (row, col) centre in cells, parsed back from the sample's canonical scene key."""
+    import ast
+
+    _, _, objs = sample.meta["scene_key"].split("|", 2)
+    out = {}
+    for shape, color, size, row, col, _digit in ast.literal_eval(objs):
+        span = 2 if size == "large" else 1
+        out[f"{color} {shape}"] = (row + span / 2, col + span / 2)
+    return out
+
+
+def test_version_2_spatial_questions_place_one_object_in_the_image():
+    samples = [s for s in toyworld_split("val", 120, seed=0, families=("gqa",), version=2)
+               if s.meta["qtype"] == "relation"]
+    assert {s.meta["qkind"] for s in samples} == {"side_lr", "side_tb"}
+    assert {s.answer for s in samples} == {"left", "right", "top", "bottom"}
+    for s in samples:
+        obj = next(n for n in _scene_objects(s) if f"the {n} " in s.question)
+        row, col = _scene_objects(s)[obj]
+        pos, mid = (col if s.meta["qkind"] == "side_lr" else row), s.meta["grid"] / 2
+        assert abs(pos - mid) >= 1  # never within a cell of the midline
+        assert s.answer == ({"side_lr": ("left", "right"), "side_tb": ("top", "bottom")}[s.meta["qkind"]])[pos > mid]
+
+
+def test_version_2_mc_answers_with_the_option_text_and_scores_it():
+    from common.metrics import sample_correct
+
+    samples = toyworld_split("val", 40, seed=0, families=("mc",), version=2)
+    for s in samples:
+        assert s.choices == s.meta["options"] and s.answer in s.choices and len(set(s.choices)) == 4
+        assert "options : " + " , ".join(s.choices) in s.question
+        assert sample_correct(s, s.answer) == 1.0
+        assert sample_correct(s, next(c for c in s.choices if c != s.answer)) == 0.0
+        assert sample_correct(s, "A") == float(s.choices[0] == s.answer)  # a letter still names an option
+
+
+def test_version_1_keeps_the_letter_and_pairwise_design():
+    """Every committed toy model is trained on version 1 and evaluated on it."""
+    mc = toyworld_split("val", 20, seed=0, families=("mc",), version=1)
+    assert all(s.answer in LETTERS and s.choices == list(LETTERS) and "answer with the letter" in s.question
+               for s in mc)
+    gqa = toyworld_split("val", 120, seed=0, families=("gqa",), version=1)
+    assert {s.meta["qkind"] for s in gqa if s.meta["qtype"] == "relation"} == {"rel_lr", "rel_ab"}
+    # every other family is drawn identically in both versions
+    for fam in ("pope", "textvqa", "count", "scene", "caption", "video"):
+        assert _fingerprint(toyworld_split("val", 6, seed=0, families=(fam,), version=1)) == \
+            _fingerprint(toyworld_split("val", 6, seed=0, families=(fam,), version=2))
+
+
+def test_checkpoint_data_version(tmp_path):
+    import json
+
+    from common.experiment import TOY_CHECKPOINT, TOY_CHECKPOINT_V1
+    from common.models.checkpoint import data_version
+
+    (tmp_path / "card.json").write_text(json.dumps({"name": "old"}))
+    assert data_version(tmp_path) == 1  # cards from before versions existed
+    (tmp_path / "card.json").write_text(json.dumps({"data": {"version": 2}}))
+    assert data_version(tmp_path) == 2
+    with pytest.raises(FileNotFoundError, match="card.json"):
+        data_version(tmp_path / "missing")
+    assert data_version(TOY_CHECKPOINT_V1) == 1
+    assert data_version(TOY_CHECKPOINT) == DATA_VERSION  # `make toy-model` reproduces the committed model

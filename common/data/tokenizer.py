@@ -19,15 +19,16 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, IMAGE)
 PROMPT_WORDS: tuple[str, ...] = ("image", "question", "answer", ":")
 
 
-def build_tokenizer(words: Iterable[str] | None = None) -> Tokenizer:
+def build_tokenizer(words: Iterable[str] | None = None, data_version: int | None = None) -> Tokenizer:
     """Special tokens first (ids 0..4), then the sorted unique words: deterministic ids.
 
-    `words` defaults to ToyWorld's generator vocabulary plus PROMPT_WORDS.
+    `words` defaults to the vocabulary of ToyWorld data `data_version` (default: the default version) plus
+    PROMPT_WORDS.
     """
     if words is None:
-        from common.data.toyworld import vocabulary
+        from common.data.toyworld import DATA_VERSION, vocabulary
 
-        words = list(vocabulary()) + list(PROMPT_WORDS)
+        words = list(vocabulary(data_version or DATA_VERSION)) + list(PROMPT_WORDS)
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     for w in sorted(set(words) - set(SPECIAL_TOKENS)):
         vocab[w] = len(vocab)

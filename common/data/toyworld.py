@@ -17,6 +17,18 @@ cells, see `toyworld_render`) plus one question. Families (`Sample.family`):
 Answers are one word except captions. Every question can be rephrased (several templates); samples
 asking the same thing about the same scene share `meta["rephrase_group"]` (ConBench-like consistency).
 
+Data versions (`version=`; a toy checkpoint's card records the one it was trained on as `data.version`,
+and it is evaluated on that one, `common.models.checkpoint.data_version`):
+- 1 (default; every committed toy model): gqa's spatial questions compare two objects ("is the red circle
+  left or right of the blue cross ?"), and mc answers with the option's letter. Toy models v1-v3 left both
+  at chance (relations 44-48%, mc 22-33% over three training recipes).
+- 2 (`make toy-model` with `--data-version 2`): gqa's spatial questions ask which half of the image one
+  object is in ("is the red circle on the left or the right of the image ?", GQA's own "which side"
+  questions), and mc answers with the option's text ("... options : circle , cross , diamond , square .
+  answer with one of the options ." -> "cross"); the options still restrict the answer to four. Every
+  other family is drawn identically. One from-scratch run (checkpoints/README.md): mc 27 -> 55% on val
+  (as accurate as the lookup it needs), half-image questions 50-65% (not learned).
+
 Determinism and splits: sample `i` of split `s` with seed `k` is drawn from `random.Random("k:s:i")`.
 A scene belongs to exactly one split, chosen by a hash of its canonical description
 (train 80% / val 10% / test 10%); the generator redraws scenes that hash to another split, so no
@@ -40,6 +52,8 @@ QA_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f != "caption")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
+DATA_VERSIONS: tuple[int, ...] = (1, 2)
+DATA_VERSION = 1  # the default question design (module docstring)
 CELL = 8  # px per cell = the toy model's patch size
 
 # A skewed prior over colours and shapes, so that "popular" objects exist (POPE's popular negatives are
@@ -59,6 +73,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "size_of": ("what size is the {obj} ?", "is the {obj} small or large ?", "how big is the {obj} ?"),
     "rel_lr": ("is the {a} left or right of the {b} ?", "is the {a} on the left or the right of the {b} ?"),
     "rel_ab": ("is the {a} above or below the {b} ?", "is the {a} higher or lower than the {b} ?"),
+    "side_lr": ("is the {obj} on the left or the right of the image ?", "which side of the image is the {obj} on ?",
+                "is the {obj} in the left or the right half of the image ?"),
+    "side_tb": ("is the {obj} at the top or the bottom of the image ?", "is the {obj} in the top or the bottom half "
+                "of the image ?", "which part of the image is the {obj} in , top or bottom ?"),
     "exist": ("is there a {obj} in the image ?", "does the image contain a {obj} ?", "can you see a {obj} ?"),
     "read": ("what number is on the {color} tile ?", "which digit is written on the {color} tile ?",
              "read the number on the {color} tile ."),
@@ -80,7 +98,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "list_shape": ("what shape is each color ?",),
     "list_digit": ("what number is on each tile ?",),
 }
-MC_SUFFIX = "options : {opts} . answer with the letter ."
+MC_SUFFIX = "options : {opts} . answer with the letter ."  # data version 1
+MC_TEXT_SUFFIX = "options : {opts} . answer with one of the options ."  # data version 2
 TRAIN_ONLY_FAMILIES: tuple[str, ...] = ("lookup",)
 
 
@@ -163,12 +182,13 @@ def _unique(scene: Scene, attr: str) -> list[Obj]:
     return [o for o in scene.objects if counts[getattr(o, attr)] == 1]
 
 
-def _q_gqa(rng: random.Random, grid: int, i: int) -> _Q | None:
-    return _ask_gqa(rng, random_scene(rng, grid))
+def _q_gqa(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
+    return _ask_gqa(rng, random_scene(rng, grid), version)
 
 
-def _ask_gqa(rng: random.Random, scene: Scene) -> _Q | None:
-    """An attribute or spatial-relation question about `scene` (None if it has no suitable object)."""
+def _ask_gqa(rng: random.Random, scene: Scene, version: int) -> _Q | None:
+    """An attribute or spatial question about `scene` (None if it has no suitable object); spatial
+    questions compare two objects in data version 1 and place one object in the image in version 2."""
     kind = rng.choices(["color_of", "shape_of", "size_of", "rel"], weights=[3, 3, 1, 3])[0]
     if kind == "color_of":
         cands = [o for o in _unique(scene, "shape")]
@@ -185,22 +205,39 @@ def _ask_gqa(rng: random.Random, scene: Scene) -> _Q | None:
     if kind == "size_of":
         o = rng.choice(scene.objects)
         return _Q([scene], kind, {"obj": o.name()}, o.size, meta={"qtype": "attribute"})
+    if version >= 2:
+        return _ask_side(rng, scene)
     if len(scene.objects) < 2:
         return None
     a, b = rng.sample(list(scene.objects), 2)
-    (ar, ac), (br, bc) = a.center, b.center
-    opts = []
-    if abs(ac - bc) >= 1:
-        opts.append(("rel_lr", "left" if ac < bc else "right"))
-    if abs(ar - br) >= 1:
-        opts.append(("rel_ab", "above" if ar < br else "below"))
+    return _ask_axis(rng, scene, a.center, b.center, ("rel_lr", "rel_ab"), {"a": a.name(), "b": b.name()})
+
+
+def _ask_side(rng: random.Random, scene: Scene) -> _Q | None:
+    """Which half of the image an object is in (data version 2)."""
+    o = rng.choice(scene.objects)
+    mid = scene.grid / 2
+    return _ask_axis(rng, scene, o.center, (mid, mid), ("side_lr", "side_tb"), {"obj": o.name()})
+
+
+_AXIS_ANSWERS = {"rel_lr": ("left", "right"), "rel_ab": ("above", "below"),
+                 "side_lr": ("left", "right"), "side_tb": ("top", "bottom")}
+
+
+def _ask_axis(rng: random.Random, scene: Scene, pos: tuple[float, float], ref: tuple[float, float],
+              kinds: tuple[str, str], args: dict) -> _Q | None:
+    """A spatial question of `kinds` = (horizontal, vertical) about centre `pos` against `ref` (row, col),
+    asked only along an axis where they are at least a cell apart, so the answer is never ambiguous from
+    the pixels (None if neither is)."""
+    axes = ((kinds[0], pos[1], ref[1]), (kinds[1], pos[0], ref[0]))
+    opts = [(kind, _AXIS_ANSWERS[kind][p > q]) for kind, p, q in axes if abs(p - q) >= 1]
     if not opts:
         return None
-    k, ans = rng.choice(opts)
-    return _Q([scene], k, {"a": a.name(), "b": b.name()}, ans, meta={"qtype": "relation"})
+    kind, answer = rng.choice(opts)
+    return _Q([scene], kind, args, answer, meta={"qtype": "relation"})
 
 
-def _q_pope(rng: random.Random, grid: int, i: int) -> _Q | None:
+def _q_pope(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
     # Balanced by index: even -> yes, odd -> no; the negative-sampling split cycles with the index.
     scene = random_scene(rng, grid)
     return _ask_pope(rng, scene, i % 2 == 0, POPE_SPLITS[(i // 2) % 3])
@@ -236,7 +273,7 @@ def _tile_scene(rng: random.Random, grid: int) -> tuple[Scene, list[Obj]]:
     return scene, [o for o in scene.objects if o.shape == "tile"]
 
 
-def _q_textvqa(rng: random.Random, grid: int, i: int) -> _Q | None:
+def _q_textvqa(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
     scene, _ = _tile_scene(rng, grid)
     return _ask_read(rng, scene)
 
@@ -250,7 +287,7 @@ def _ask_read(rng: random.Random, scene: Scene) -> _Q | None:
     return _Q([scene], "read", {"color": o.color}, o.digit, "number")
 
 
-def _q_count(rng: random.Random, grid: int, i: int) -> _Q | None:
+def _q_count(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
     # The target count is drawn first (uniform), so the answer prior is flat and a blind model can't guess.
     kind = rng.choices(["count_shape", "count_color", "count_all"], weights=[2, 2, 1])[0]
     scene = Scene(grid, rng.choice(sorted(BACKGROUNDS)))
@@ -283,18 +320,19 @@ def _q_count(rng: random.Random, grid: int, i: int) -> _Q | None:
     return _Q([scene], kind, {"color": color}, str(n), "number", meta={"qtype": kind})
 
 
-def _q_scene(rng: random.Random, grid: int, i: int) -> _Q | None:
-    return _ask_any(rng, random_scene(rng, grid), "scene")
+def _q_scene(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
+    return _ask_any(rng, random_scene(rng, grid), "scene", version)
 
 
-def _q_mc(rng: random.Random, grid: int, i: int) -> _Q | None:
+def _q_mc(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
     kind = rng.choice(["color_of", "shape_of", "read"])
     scene = _tile_scene(rng, grid)[0] if kind == "read" else random_scene(rng, grid)
-    return _ask_mc(rng, scene, kind)
+    return _ask_mc(rng, scene, kind, version)
 
 
-def _ask_mc(rng: random.Random, scene: Scene, kind: str) -> _Q | None:
-    """A four-option version of a `kind` ("color_of", "shape_of", "read") question about `scene`."""
+def _ask_mc(rng: random.Random, scene: Scene, kind: str, version: int) -> _Q | None:
+    """A four-option version of a `kind` ("color_of", "shape_of", "read") question about `scene`,
+    answered with the option's letter (data version 1) or its text (version 2)."""
     if kind == "read":
         tiles = [o for o in scene.objects if o.shape == "tile"]
         if not tiles:
@@ -313,6 +351,9 @@ def _ask_mc(rng: random.Random, scene: Scene, kind: str) -> _Q | None:
     opts = rng.sample([p for p in pool if p != ans], 3)
     pos = rng.randrange(4)
     opts.insert(pos, ans)
+    if version >= 2:
+        return _Q([scene], kind, args, ans, "choice", choices=list(opts), meta={"options": opts, "answer_text": ans},
+                  suffix=MC_TEXT_SUFFIX.format(opts=" , ".join(opts)))
     opt_text = " , ".join(f"{L} {v}" for L, v in zip(LETTERS, opts))
     return _Q([scene], kind, args, LETTERS[pos], "choice", choices=list(LETTERS),
               meta={"options": opts, "answer_text": ans}, suffix=MC_SUFFIX.format(opts=opt_text))
@@ -343,8 +384,8 @@ def caption_of(scene: Scene) -> list[str]:
     ]
 
 
-def _q_caption(rng: random.Random, grid: int, i: int) -> _Q | None:
-    return _ask_any(rng, random_scene(rng, grid, 2, 5), "caption")
+def _q_caption(rng: random.Random, grid: int, i: int, version: int) -> _Q | None:
+    return _ask_any(rng, random_scene(rng, grid, 2, 5), "caption", version)
 
 
 def _q_video(rng: random.Random, grid: int, i: int, frames: int = 3) -> _Q | None:
@@ -414,10 +455,10 @@ def _ask_lookup(rng: random.Random, scene: Scene) -> _Q | None:
     return _Q([scene], kind, {}, answer, "caption")
 
 
-def _ask_any(rng: random.Random, scene: Scene, family: str) -> _Q | None:
+def _ask_any(rng: random.Random, scene: Scene, family: str, version: int) -> _Q | None:
     """A question of `family` about a given single-image `scene` (None if the scene can't support it)."""
     if family == "gqa":
-        return _ask_gqa(rng, scene)
+        return _ask_gqa(rng, scene, version)
     if family == "pope":
         return _ask_pope(rng, scene, rng.random() < 0.5, rng.choice(POPE_SPLITS))
     if family == "textvqa":
@@ -427,7 +468,7 @@ def _ask_any(rng: random.Random, scene: Scene, family: str) -> _Q | None:
     if family == "scene":
         return _Q([scene], "background", {}, scene.background)
     if family == "mc":
-        return _ask_mc(rng, scene, rng.choice(["color_of", "shape_of", "read"]))
+        return _ask_mc(rng, scene, rng.choice(["color_of", "shape_of", "read"]), version)
     if family == "caption":
         refs = caption_of(scene)
         return _Q([scene], "caption", {}, refs[0], "caption", references=refs)
@@ -437,13 +478,13 @@ def _ask_any(rng: random.Random, scene: Scene, family: str) -> _Q | None:
 
 
 def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turns: int, grid: int = 12,
-                  cell: int = CELL) -> list[Sample]:
+                  cell: int = CELL, version: int = DATA_VERSION) -> list[Sample]:
     """`turns` questions about one fresh scene of `split` (a multi-turn conversation, as LLaVA's
     instruction data): the image's tokens are paid once and supervise every turn, which is what lets the
     toy model learn object lookup within the 90-minute training budget. Families are drawn with `weights`
     among those the scene supports (a scene without tiles asks no reading question), and no question is
     asked twice. Captions are better kept out of `weights`: a caption would answer the later turns."""
-    _check(split, list(weights), grid, None, known=FAMILIES + TRAIN_ONLY_FAMILIES)
+    _check(split, list(weights), grid, None, known=FAMILIES + TRAIN_ONLY_FAMILIES, version=version)
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     rng = random.Random(f"toyworld-dialogue:{seed}:{split}:{i}")
@@ -459,7 +500,7 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
         if len(out) == turns:
             break
         family = rng.choices(fams, weights=w)[0]
-        q = _ask_any(rng, scene, family)
+        q = _ask_any(rng, scene, family, version)
         if q is None or (q.kind, *sorted(q.args.items())) in asked:
             continue
         asked.add((q.kind, *sorted(q.args.items())))
@@ -477,7 +518,9 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
 # ---------------------------------------------------------------- samples
 
 def _check(split: str, families: Sequence[str], grid: int, image_size: int | None,
-           known: Sequence[str] = FAMILIES) -> int:
+           known: Sequence[str] = FAMILIES, version: int = DATA_VERSION) -> int:
+    if version not in DATA_VERSIONS:
+        raise ValueError(f"unknown ToyWorld data version {version!r}; expected one of {DATA_VERSIONS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     unknown = [f for f in families if f not in known]
@@ -493,11 +536,12 @@ def _check(split: str, families: Sequence[str], grid: int, image_size: int | Non
 
 
 def make_sample(split: str, seed: int, i: int, family: str, grid: int = 12, frames: int = 3,
-                template: int | None = None, cell: int = CELL) -> Sample:
-    """Sample `i` of (`split`, `seed`, `family`): deterministic, and its scene belongs to `split`."""
+                template: int | None = None, cell: int = CELL, version: int = DATA_VERSION) -> Sample:
+    """Sample `i` of (`split`, `seed`, `family`, data `version`): deterministic, and its scene belongs to
+    `split`."""
     rng = random.Random(f"toyworld:{seed}:{split}:{family}:{i}")
     for _ in range(1000):
-        q = _q_video(rng, grid, i, frames) if family == "video" else _BUILDERS[family](rng, grid, i)
+        q = _q_video(rng, grid, i, frames) if family == "video" else _BUILDERS[family](rng, grid, i, version)
         if q is not None and scene_split(q.key()) == split:
             break
     else:  # pragma: no cover - practically unreachable
@@ -522,7 +566,8 @@ def _to_sample(q: _Q, sid: str, family: str, t: int, cell: int, split: str, seed
 
 
 def toyworld_split(split: str, n: int, seed: int = 0, families: Sequence[str] = FAMILIES, grid: int = 12,
-                   image_size: int | None = None, frames: int = 3, rephrasings: int = 1) -> list[Sample]:
+                   image_size: int | None = None, frames: int = 3, rephrasings: int = 1,
+                   version: int = DATA_VERSION) -> list[Sample]:
     """`n` samples of `split`, families interleaved round-robin (so every family gets n/len(families)).
 
     Args:
@@ -535,8 +580,9 @@ def toyworld_split(split: str, n: int, seed: int = 0, families: Sequence[str] = 
         frames: frames per video clip.
         rephrasings: templates per question (1..3); rephrasings of one question share the scene and
             `meta["rephrase_group"]` and differ in `meta["template"]` and the question text.
+        version: data version (module docstring); a checkpoint's is `common.models.checkpoint.data_version`.
     """
-    cell = _check(split, families, grid, image_size)
+    cell = _check(split, families, grid, image_size, version=version)
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if rephrasings < 1:
@@ -545,44 +591,58 @@ def toyworld_split(split: str, n: int, seed: int = 0, families: Sequence[str] = 
     for j in range(n):
         fam = families[j % len(families)]
         idx = j // len(families)
-        base = make_sample(split, seed, idx, fam, grid, frames, template=0, cell=cell)
+        base = make_sample(split, seed, idx, fam, grid, frames, template=0, cell=cell, version=version)
         if rephrasings == 1:
             out.append(base)
             continue
         for r in range(rephrasings):
-            s = base if r == 0 else make_sample(split, seed, idx, fam, grid, frames, template=r, cell=cell)
+            s = base if r == 0 else make_sample(split, seed, idx, fam, grid, frames, template=r, cell=cell,
+                                                version=version)
             s.id = f"{s.id}-r{r}"
             out.append(s)
     return out
 
 
 def toyworld_stream(seed: int = 0, families: Sequence[str] = FAMILIES, weights: Sequence[float] | None = None,
-                    grid: int = 12, frames: int = 3, start: int = 0, split: str = "train") -> Iterator[Sample]:
+                    grid: int = 12, frames: int = 3, start: int = 0, split: str = "train",
+                    version: int = DATA_VERSION) -> Iterator[Sample]:
     """An endless training stream: sample `k` (k >= start) is a deterministic function of (seed, k).
 
     Families are drawn with `weights`; templates at random (so the model sees every phrasing).
     `start` lets a resumed run continue exactly where it stopped.
     """
-    _check(split, families, grid, None)
+    _check(split, families, grid, None, version=version)
     w = list(weights) if weights is not None else [1.0] * len(families)
     k = start
     while True:
         rng = random.Random(f"toyworld-stream:{seed}:{k}")
         fam = rng.choices(list(families), weights=w)[0]
-        yield make_sample(split, seed, k, fam, grid, frames)
+        yield make_sample(split, seed, k, fam, grid, frames, version=version)
         k += 1
 
 
-def vocabulary() -> list[str]:
-    """Every word ToyWorld can emit in a question or answer (sorted; punctuation included)."""
+_VERSION_2_KINDS: tuple[str, ...] = ("side_lr", "side_tb")
+
+
+def vocabulary(version: int = DATA_VERSION) -> list[str]:
+    """Every word ToyWorld data `version` can emit in a question or answer (sorted; punctuation included).
+
+    Version 2's words are left out of version 1's vocabulary: a larger embedding would change the random
+    initialisation of every later parameter, and `make toy-model` would no longer reproduce the committed
+    model."""
     words: set[str] = set()
     fill = {
         "shape": SHAPES, "color": tuple(COLORS), "shapes": tuple(PLURALS.values()),
     }
     for kind, temps in TEMPLATES.items():
+        if kind in _VERSION_2_KINDS and version < 2:
+            continue
         for t in temps:
             words.update(t.replace("{", " {").replace("}", "} ").split())
     words.update(MC_SUFFIX.replace("{opts}", "").split())
+    if version >= 2:
+        words.update(MC_TEXT_SUFFIX.replace("{opts}", "").split())
+        words.update(["top", "bottom"])
     for vals in fill.values():
         words.update(vals)
     words.update(COLORS)

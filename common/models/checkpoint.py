@@ -63,6 +63,15 @@ def load_card(path: str | Path) -> dict:
     return json.loads((Path(path) / CARD).read_text())
 
 
+def data_version(path: str | Path) -> int:
+    """The ToyWorld data version a toy checkpoint was trained on, so that it is evaluated on the same
+    question design (card `data.version`; cards written before versions existed are version 1)."""
+    card = Path(path) / CARD
+    if not card.exists():
+        raise FileNotFoundError(f"path: {card} is missing; run `make toy-model`")
+    return int(json.loads(card.read_text()).get("data", {}).get("version", 1))
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -247,9 +247,10 @@ class ToyVLM:
         return cls(model.eval(), tok, cfg)
 
     @classmethod
-    def fresh(cls, cfg: ToyConfig | None = None, seed: int = 0) -> "ToyVLM":
+    def fresh(cls, cfg: ToyConfig | None = None, seed: int = 0, data_version: int | None = None) -> "ToyVLM":
+        """A randomly initialised model whose tokenizer covers ToyWorld data `data_version` (default version)."""
         cfg = cfg or ToyConfig()
-        tok = build_tokenizer()
+        tok = build_tokenizer(data_version=data_version)
         return cls(build_model(cfg, tok, seed), tok, cfg)
 
 

@@ -42,6 +42,13 @@ Measured (2 idle cores; val first-token accuracy, 48 per family, the card's `val
     heads) to teach mc's letter-matching hop: 12% on those turns and mc 28% after 3250 steps, and object
     lookup lagged (color_of 33-44% on 9 val questions at steps 2850-3250; 56% at step 1875 without
     them); stopped there and dropped.
+  - ToyWorld data version 2 (`--data-version 2`, toyworld module docstring: "which half of the image"
+    instead of two-object relations, mc answered with the option's text), same recipe and seed, 67 min: on
+    150 val questions per family 67.1% vs v3's 68.9% (on its own design). mc 27 -> 55% (color_of options
+    100%, shape 44%, read 20%: as accurate as the lookup each needs); half-image questions 50% (left/right)
+    and 65% (top/bottom), not learned; and reading collapsed (textvqa 55 -> 14%, pope 67 -> 55%), a family
+    whose questions did not change. Its larger vocabulary shifts every random draw of the initialisation,
+    so the tower differs too: which skills emerge in 5000 steps depends on the draw. Not adopted.
   - sequential dialogues with lookup lists (`--turns 6 --no-packed --position-heads --rescale-tower`):
     42.1% at 2275 steps, flat since step 500: later turns can copy answers from earlier ones.
 """
@@ -60,7 +67,9 @@ import torch
 import torch.nn.functional as F
 
 from common.data.sample import Sample
-from common.data.toyworld import FAMILIES, make_dialogue, make_sample, random_scene, scene_split, toyworld_split
+from common.data.toyworld import (
+    DATA_VERSION, FAMILIES, make_dialogue, make_sample, random_scene, scene_split, toyworld_split,
+)
 from common.data.toyworld_render import COLORS, DIGITS, SHAPES, render
 from common.models.toy import ToyConfig, ToyVLM, image_to_tensor
 from common.models.train import TrainConfig, train
@@ -70,6 +79,8 @@ from common.models.train import TrainConfig, train
 MIX: dict[str, float] = {"gqa": 3.0, "pope": 1.5, "textvqa": 1.5, "count": 2.5, "scene": 0.5, "mc": 1.5,
                          "caption": 1.0, "lookup": 3.0}
 # "lookup": training-only dialogue turns (toyworld.TRAIN_ONLY_FAMILIES)
+# Dialogue turns draw from MIX without captions: a caption would spell out the answers of the other turns.
+DIALOGUE_MIX: dict[str, float] = {f: w for f, w in MIX.items() if f != "caption"}
 
 
 @dataclass
@@ -95,6 +106,7 @@ class ToyTrainConfig:
     # cores with other jobs (2 threads then thrash: measured 15 s vs 1.1 s per step).
     threads: int = 2
     extend: bool = False  # allow rerunning with more steps than a saved run (continues it; new schedule)
+    data_version: int = DATA_VERSION  # ToyWorld's question design (toyworld module docstring); in the card
 
 
 # Per-patch label spaces of stage 0 (index 0 = background).
@@ -108,7 +120,7 @@ class TowerPretrainer(torch.nn.Module):
     object moved" and relation questions ("left of", "above") can compare features instead of decoding a
     flattened sequence index from RoPE (video: 45 -> 100% val; relations still at chance)."""
 
-    def __init__(self, tower: torch.nn.Module, width: int, grid: int, position_heads: bool = False):
+    def __init__(self, tower: torch.nn.Module, width: int, grid: int, position_heads: bool = True):
         super().__init__()
         self.tower = tower
         sizes = {k: len(v) for k, v in _PATCH_HEADS.items()}
@@ -189,23 +201,25 @@ def stage_batch(vlm: ToyVLM, stage: int, step: int, tc: ToyTrainConfig) -> dict[
         # single benchmark-style samples, whose generators control what dialogue scenes don't (flat count
         # priors, tile scenes, POPE's negative sampling). Captions get their own batches (above).
         n = max(1, tc.batch // 2)
-        mix = {f: w for f, w in MIX.items() if f != "caption"}
-        groups = [make_dialogue("train", tc.seed, step * n + j, mix, tc.turns, vlm.cfg.grid) for j in range(n)]
+        groups = [make_dialogue("train", tc.seed, step * n + j, DIALOGUE_MIX, tc.turns, vlm.cfg.grid,
+                                version=tc.data_version) for j in range(n)]
         single = {f: w for f, w in MIX.items() if f in FAMILIES and f != "caption"}
         fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch - n)
         base = (stage * 10_000_000) + step * tc.batch
-        groups += [[make_sample("train", tc.seed, base + j, f, vlm.cfg.grid)] for j, f in enumerate(fams)]
+        groups += [[make_sample("train", tc.seed, base + j, f, vlm.cfg.grid, version=tc.data_version)]
+                   for j, f in enumerate(fams)]
         return vlm.build_packed_batch(groups)
     elif tc.turns > 1:
         n = max(1, tc.batch // 2)
-        mix = {f: w for f, w in MIX.items() if f != "caption"}
-        dialogues = [make_dialogue("train", tc.seed, step * n + j, mix, tc.turns, vlm.cfg.grid) for j in range(n)]
+        dialogues = [make_dialogue("train", tc.seed, step * n + j, DIALOGUE_MIX, tc.turns, vlm.cfg.grid,
+                                   version=tc.data_version) for j in range(n)]
         return with_positions(vlm.build_dialogue_batch(dialogues))
     else:
         single = {f: w for f, w in MIX.items() if f in FAMILIES}
         fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch)
     base = (stage * 10_000_000) + step * tc.batch
-    samples = [make_sample("train", tc.seed, base + j, f, vlm.cfg.grid) for j, f in enumerate(fams)]
+    samples = [make_sample("train", tc.seed, base + j, f, vlm.cfg.grid, version=tc.data_version)
+               for j, f in enumerate(fams)]
     return with_positions(vlm.build_training_batch(samples))
 
 
@@ -239,9 +253,10 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
     out = Path(out)
     work = out / "_train"
     work.mkdir(parents=True, exist_ok=True)
-    vlm = ToyVLM.fresh(mc, seed=tc.seed)
+    vlm = ToyVLM.fresh(mc, seed=tc.seed, data_version=tc.data_version)
     t0 = time.time()
-    curve_val = toyworld_split("val", tc.curve_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid)
+    curve_val = toyworld_split("val", tc.curve_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid,
+                         version=tc.data_version)
 
     def log(stage: int):
         def on_log(step: int, rec: dict) -> None:
@@ -266,12 +281,13 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
                             state_path=work / f"stage{stage}.pt", progress=progress, desc=f"stage {stage}",
                             on_log=log(stage), extend=tc.extend)
     wall = time.time() - t0
-    val = toyworld_split("val", tc.val_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid)
+    val = toyworld_split("val", tc.val_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid,
+                         version=tc.data_version)
     acc = first_token_accuracy(vlm, val)
     blind = first_token_accuracy(vlm, val, blind=True)
     card = {
         "name": "toy-llava", "model_config": asdict(mc), "train_config": asdict(tc), "mix": MIX,
-        "data": {"generator": "common.data.toyworld", "seed": tc.seed, "split": "train"},
+        "data": {"generator": "common.data.toyworld", "seed": tc.seed, "split": "train", "version": tc.data_version},
         "steps": {"stage0": tc.stage0_steps, "stage1": tc.stage1_steps, "stage2": tc.stage2_steps},
         "params": sum(p.numel() for p in vlm.model.parameters()),
         "wall_time_s_last_session": round(wall, 1),

@@ -24,6 +24,7 @@ from common.artifacts import file_sha256, provenance, save_figure, write_table
 from common.attention import decoder_of
 from common.evaluation import EvalResult, evaluate
 from common.experiment import FIGURES, artifact, load_vlm
+from common.models.checkpoint import data_version
 from common.registry import build_reducer
 from common.schedule import map_layer
 from papers.atp import reported as R
@@ -72,7 +73,8 @@ def all_runs() -> list[TrainConfig]:
 def test_samples(n_per_family: int = N_PER_FAMILY):
     from common.data.toyworld import toyworld_split
 
-    return toyworld_split("test", n_per_family * len(FAMILIES), seed=0, families=FAMILIES)
+    return toyworld_split("test", n_per_family * len(FAMILIES), seed=0, families=FAMILIES,
+                          version=data_version(BASE_CHECKPOINT))
 
 
 def ensure_run(cfg: TrainConfig) -> Path:
@@ -208,7 +210,7 @@ def table1(scale: str = "toy") -> None:
 def _val_batches(vlm, n: int = 48) -> list[dict]:
     from common.data.toyworld import toyworld_split
 
-    val = toyworld_split("val", n, seed=0, families=FAMILIES)
+    val = toyworld_split("val", n, seed=0, families=FAMILIES, version=data_version(BASE_CHECKPOINT))
     return [dict(vlm.build_inputs(val[i:i + 16])) for i in range(0, n, 16)]
 
 
@@ -378,7 +380,7 @@ def fig2(scale: str = "toy") -> None:
     fig, axes = new_figure(1, 2, width=8.0, height=3.2)
     records = []
     for ax, (label, fam) in zip(axes, FIG2_FAMILIES.items()):
-        samples = toyworld_split("test", FIG2_N, seed=0, families=(fam,))
+        samples = toyworld_split("test", FIG2_N, seed=0, families=(fam,), version=data_version(BASE_CHECKPOINT))
         base = family_scores(run_eval(vlm, None, key, samples))[fam]
         for l in layers:
             accs = []

@@ -30,6 +30,7 @@ from common import flops as F
 from common import spans as S
 from common.attention import decoder_of
 from common.experiment import REPO_ROOT, TOY_CHECKPOINT_V1
+from common.models.checkpoint import data_version
 from common.reduction import reduce_tokens
 from papers.atp.method import ATPReducer
 from papers.atp.module import (PAPER_ATP_LAYERS, ATPConfig, ATPModules, atp_layers, atp_loss, average_tokens_soft,
@@ -192,10 +193,11 @@ def _pad_id(vlm) -> int:
     return int(pid if pid is not None else vlm.model.generation_config.pad_token_id or 0)
 
 
-def toy_batches(vlm, cfg: TrainConfig) -> Iterator[TrainBatch]:
+def toy_batches(vlm, cfg: TrainConfig, version: int) -> Iterator[TrainBatch]:
+    """Teacher-forced batches of ToyWorld data `version` (the base checkpoint's, `data_version`)."""
     from common.data.toyworld import toyworld_stream
 
-    stream = toyworld_stream(seed=cfg.data_seed, families=cfg.families, grid=_grid_of(vlm))
+    stream = toyworld_stream(seed=cfg.data_seed, families=cfg.families, grid=_grid_of(vlm), version=version)
     while True:
         yield teacher_forced(vlm, [next(stream) for _ in range(cfg.batch_size)])
 
@@ -342,8 +344,10 @@ def run(cfg: TrainConfig, out: Path | None = None, base: Path = BASE_CHECKPOINT)
     model = vlm.model
     n_layers = len(decoder_of(model).layers)
     atp_cfg = build_atp_config(cfg, int(vlm.num_visual_tokens), n_layers)
-    atp, rows = train_atp(model, toy_batches(vlm, cfg), cfg, atp_cfg)
-    val = toyworld_split("val", cfg.n_val, seed=cfg.data_seed, families=cfg.families, grid=_grid_of(vlm))
+    version = data_version(base)
+    atp, rows = train_atp(model, toy_batches(vlm, cfg, version), cfg, atp_cfg)
+    val = toyworld_split("val", cfg.n_val, seed=cfg.data_seed, families=cfg.families, grid=_grid_of(vlm),
+                         version=version)
     batches = [dict(vlm.build_inputs(val[i:i + 16])) for i in range(0, len(val), 16)]
     measured = measure_tokens(model, atp, batches, vlm.image_token_id)
     folder = out or CHECKPOINTS / cfg.name()

@@ -47,6 +47,7 @@ from common.evaluation import hash_samples
 from common.experiment import FIGURES, REPO_ROOT, TOY_CHECKPOINT, artifact, load_vlm
 from common.flops import DecoderDims, dyrate_generation_flops, schedule_flops
 from common.metrics import score_all
+from common.models.checkpoint import data_version
 from common.reduction import Reducer, reduce_tokens
 from common.schedule import map_layer
 from common.table_artifact import Table, table_artifact
@@ -161,7 +162,8 @@ def _ctx(scale: str = "toy") -> Ctx:
     run_key = {"toy": _toy_hashes(), "predictor": file_sha256(PREDICTOR_DIR / "predictor.safetensors")}
     return Ctx(s, vlm, dims, pred, run_key,
                toyworld_split("test", s.n_caption, seed=s.seed, families=("caption",)),
-               toyworld_split("test", s.n_qa * len(fams), seed=s.seed, families=fams),
+               toyworld_split("test", s.n_qa * len(fams), seed=s.seed, families=fams,
+                              version=data_version(TOY_CHECKPOINT)),
                f"toy LLaVA ({dims.n_layers} layers, d={dims.hidden}, {vlm.num_visual_tokens} visual tokens)")
 
 

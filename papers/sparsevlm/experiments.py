@@ -183,13 +183,17 @@ def family_samples(ctx: Ctx, family: str, split: str = "test") -> list[Sample]:
     calib = split == "val"
     if st.scale == "toy":
         from common.data.toyworld import toyworld_split
+        from common.models.checkpoint import data_version
 
+        version = data_version(TOY_CHECKPOINT)
         if family == "conb":
             fams = TOY_IMAGE_FAMILIES
             n = max(1, st.n_calib // (3 * len(fams))) if calib else st.n_conb
-            out = toyworld_split(split, n * len(fams), seed=st.seed + 1, families=fams, rephrasings=3)
+            out = toyworld_split(split, n * len(fams), seed=st.seed + 1, families=fams, rephrasings=3,
+                                 version=version)
         else:
-            out = toyworld_split(split, st.n_calib if calib else st.n, seed=st.seed, families=(family,))
+            out = toyworld_split(split, st.n_calib if calib else st.n, seed=st.seed, families=(family,),
+                                 version=version)
     else:
         from common.data.benchmarks import load_benchmark
 

@@ -25,13 +25,14 @@ from common.artifacts import file_sha256, provenance, save_figure, write_table
 from common.experiment import FIGURES, artifact
 from common.data.tokenizer import build_tokenizer
 from common.flops import stf_flops
+from common.models.checkpoint import data_version
 from common.models.toy import ToyConfig
 from common.table_artifact import Table, table_artifact
 from papers.stf import reported as R
 from papers.stf.modules import STFConfig
 from papers.stf.param_counts import LLAVA15, REFERENCE_PARAMS, count_params, meta_projector, structure
-from papers.stf.train import (EVAL_FAMILIES, LONG_STAGE2_STEPS, LONG_VARIANTS, VARIANTS, STFTrainConfig,
-                              checkpoint_dir, load_variant, long_dir, train_variant)
+from papers.stf.train import (BASE_CHECKPOINT, EVAL_FAMILIES, LONG_STAGE2_STEPS, LONG_VARIANTS, VARIANTS,
+                              STFTrainConfig, checkpoint_dir, load_variant, long_dir, train_variant)
 
 OUT = FIGURES / "stf"
 FAMILIES = EVAL_FAMILIES
@@ -41,11 +42,12 @@ MAX_NEW_TOKENS = 8
 MIRRORS = {"gqa": "GQA", "pope": "POPE", "textvqa": "VQAT", "mc": "MMB"}
 SCALE_NOTE = ("toy scale: toy LLaVA (3-block CLIP 128-d, 12x12 patches, 8-layer Llama 128-d) + trained projector "
               "variants (checkpoints/stf-*), ToyWorld test split")
-# the toy LLM (ToyConfig defaults) for the FLOPs column, 2 N_v P as the paper's calflops numbers (stf.md §7)
+# the toy LLM (ToyConfig defaults) for the FLOPs column, 2 N_v P as the paper's calflops numbers (stf.md §7).
+# The vocabulary is today's tokenizer's (123 words), one more than the base checkpoint's: 0.01% of the count.
 _TOY = ToyConfig()
 TOY_DIMS = {"num_hidden_layers": _TOY.text_layers, "hidden_size": _TOY.text_hidden,
-            "intermediate_size": _TOY.text_intermediate, "vocab_size": len(build_tokenizer().get_vocab()),
-            "num_attention_heads": _TOY.text_heads}
+            "intermediate_size": _TOY.text_intermediate,
+            "vocab_size": len(build_tokenizer(data_version=1).get_vocab()), "num_attention_heads": _TOY.text_heads}
 
 Scores = Mapping[str, float]  # family -> score (%)
 
@@ -74,7 +76,8 @@ def require_variants(target: str, names: Sequence[str]) -> None:
 def test_samples(n_per_family: int = N_PER_FAMILY):
     from common.data.toyworld import toyworld_split
 
-    return toyworld_split("test", n_per_family * len(FAMILIES), seed=0, families=FAMILIES)
+    return toyworld_split("test", n_per_family * len(FAMILIES), seed=0, families=FAMILIES,
+                          version=data_version(BASE_CHECKPOINT))
 
 
 def evaluate_variant(name: str, folder: Path | None = None):

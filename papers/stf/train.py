@@ -40,7 +40,7 @@ from common.artifacts import portable
 from common.data.tokenizer import load_tokenizer
 from common.data.toyworld import toyworld_split
 from common.experiment import REPO_ROOT, TOY_CHECKPOINT_V1
-from common.models.checkpoint import file_sha256, load_weights
+from common.models.checkpoint import data_version, file_sha256, load_weights
 from common.models.toy import CONFIG_FILE, ToyConfig, ToyVLM, build_model
 from common.models.toy_train import ToyTrainConfig, first_token_accuracy, stage_batch
 from common.models.train import TrainConfig, train
@@ -165,11 +165,12 @@ def set_trainable(vlm: ToyVLM, stage: int) -> list[torch.nn.Parameter]:
     return [p for m in parts for p in m.parameters()]
 
 
-def _data_config(tc: STFTrainConfig) -> ToyTrainConfig:
+def _data_config(tc: STFTrainConfig, version: int) -> ToyTrainConfig:
     """The toy recipe's batch builder, reused: captions in stage 1, the QA mix in stage 2, no video clips.
     One question per row (`turns=1`), as the committed variants were trained: the toy model's default is
     now packed rows, and following it would change every STF batch."""
-    return ToyTrainConfig(batch=tc.batch, seed=DATA_SEED_OFFSET + tc.seed, video_every=0, turns=1)
+    return ToyTrainConfig(batch=tc.batch, seed=DATA_SEED_OFFSET + tc.seed, video_every=0, turns=1,
+                          data_version=version)
 
 
 def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int, int] | None = None,
@@ -201,7 +202,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
     torch.set_num_threads(tc.threads)
     vlm = ToyVLM.load(base)
     proj = attach_projector(vlm, name, tc.num_blocks, seed)
-    data = _data_config(tc)
+    data = _data_config(tc, data_version(base))
     work = out / "_train"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -216,7 +217,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
         p.requires_grad_(False)
     wall = time.time() - t0
     val = toyworld_split("val", tc.val_per_family * len(EVAL_FAMILIES), seed=0, families=EVAL_FAMILIES,
-                         grid=vlm.cfg.grid)
+                         grid=vlm.cfg.grid, version=data.data_version)
     card = {
         "name": f"stf-{name}", "variant": name, "variant_spec": asdict(spec), "stf_config": _stf_json(proj.config),
         "visual_tokens": vlm.num_visual_tokens, "train_config": asdict(tc),
