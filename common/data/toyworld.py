@@ -155,8 +155,8 @@ def scene_split(key: str) -> str:
 
 
 # ---------------------------------------------------------------- question builders
-# Each builder takes (rng, grid) and returns (frames, question_kind, template_args, answer, extra)
-# or None to ask the caller to redraw.
+# Each `_q_<family>` builder takes (rng, grid, sample index, data version) and returns a `_Q`, or None to
+# ask the caller to redraw; the `_ask_*` helpers ask about a given scene (benchmark samples and dialogues).
 
 class _Q:
     """An unrendered question: frames (scenes), the template kind + args, answer, and extras."""

@@ -256,7 +256,7 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
     vlm = ToyVLM.fresh(mc, seed=tc.seed, data_version=tc.data_version)
     t0 = time.time()
     curve_val = toyworld_split("val", tc.curve_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid,
-                         version=tc.data_version)
+                               version=tc.data_version)
 
     def log(stage: int):
         def on_log(step: int, rec: dict) -> None:
@@ -287,7 +287,8 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
     blind = first_token_accuracy(vlm, val, blind=True)
     card = {
         "name": "toy-llava", "model_config": asdict(mc), "train_config": asdict(tc), "mix": MIX,
-        "data": {"generator": "common.data.toyworld", "seed": tc.seed, "split": "train", "version": tc.data_version},
+        "data": {"generator": "common.data.toyworld", "seed": tc.seed, "split": "train",
+                 "version": tc.data_version},
         "steps": {"stage0": tc.stage0_steps, "stage1": tc.stage1_steps, "stage2": tc.stage2_steps},
         "params": sum(p.numel() for p in vlm.model.parameters()),
         "wall_time_s_last_session": round(wall, 1),
