@@ -49,6 +49,13 @@ Measured (2 idle cores; val first-token accuracy, 48 per family, the card's `val
     and 65% (top/bottom), not learned; and reading collapsed (textvqa 55 -> 14%, pope 67 -> 55%), a family
     whose questions did not change. Its larger vocabulary shifts every random draw of the initialisation,
     so the tower differs too: which skills emerge in 5000 steps depends on the draw. Not adopted.
+  - why spatial questions fail: the tower keeps position, the projector loses it in stage 2. Linear probes
+    (logistic regression, 3685 object patches of 400 scenes, 30% held out) read an object patch's column /
+    row at 100% / 100% from v3's tower output, but at 77% / 75% from its projector output (what the LM
+    sees; "left half" 82%). In the version-2 run the projector output still had them at 95% / 96% after
+    stage 1 and 69% / 73% after stage 2: position erodes while the LM learns lookups that need none.
+    Fine-tuning that model on half-image questions alone (300 steps of 32, lr 5e-4) left them at 55-64%.
+    Next to try: keep the projector from eroding position in stage 2 (freeze it, or a lower learning rate).
   - sequential dialogues with lookup lists (`--turns 6 --no-packed --position-heads --rescale-tower`):
     42.1% at 2275 steps, flat since step 500: later turns can copy answers from earlier ones.
 """
