@@ -69,7 +69,7 @@ def data_version(path: str | Path) -> int:
     card = Path(path) / CARD
     if not card.exists():
         raise FileNotFoundError(f"path: {card} is missing; run `make toy-model`")
-    return int(json.loads(card.read_text()).get("data", {}).get("version", 1))
+    return int(load_card(path).get("data", {}).get("version", 1))
 
 
 def file_sha256(path: str | Path) -> str:
