@@ -200,8 +200,8 @@ def _toy_sample():
 
 def test_roi_share_and_same_image_questions():
     s = _toy_sample()
-    g, objs = E._objects(s)
-    assert g == 12 and objs
+    scene = E.Scene.from_key(s.meta["scene_key"])
+    assert scene.grid == 12 and scene.objects
     share = E.roi_share(s)
     assert 0 < share < 1
     bg = E.Sample(id="x", family="scene", images=s.images, question="what color is the background ?", answer="gray",

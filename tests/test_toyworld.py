@@ -212,16 +212,16 @@ def test_dialogue_counts_count_the_given_scene():
     assert seen == {"count_all", "count_shape", "count_color"}
 
 
-def _scene_objects(sample: Sample) -> dict[str, tuple[float, float]]:
-    """name -> (row, col) centre in cells, parsed back from the sample's canonical scene key."""
-    import ast
+def test_scene_from_key_inverts_key_for_images_and_clips():
+    for s in toyworld_split("val", 16, seed=0):
+        scene = Scene.from_key(s.meta["scene_key"])
+        assert scene.key() == s.meta["scene_key"].split("||")[0]
+        assert render(scene, 8).tobytes() == s.images[0].tobytes()
 
-    _, _, objs = sample.meta["scene_key"].split("|", 2)
-    out = {}
-    for shape, color, size, row, col, _digit in ast.literal_eval(objs):
-        span = 2 if size == "large" else 1
-        out[f"{color} {shape}"] = (row + span / 2, col + span / 2)
-    return out
+
+def _scene_objects(sample: Sample) -> dict[str, tuple[float, float]]:
+    """name -> (row, col) centre in cells, of the scene the sample was rendered from."""
+    return {o.name(): o.center for o in Scene.from_key(sample.meta["scene_key"]).objects}
 
 
 def test_version_2_spatial_questions_place_one_object_in_the_image():

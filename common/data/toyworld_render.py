@@ -8,6 +8,7 @@ so a random 11% of the visual tokens usually misses it, while a text-guided meth
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 from dataclasses import dataclass, field, replace
 
@@ -84,6 +85,15 @@ class Scene:
         """Canonical text of the scene (object order does not matter): used for hashing and splits."""
         objs = sorted((o.shape, o.color, o.size, o.row, o.col, o.digit or "") for o in self.objects)
         return f"g{self.grid}|{self.background}|{objs}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Scene:
+        """The scene `key()` describes (objects in the key's sorted order). A clip's key joins its frames'
+        keys with "||"; this parses the first. Samples keep only the key (`meta["scene_key"]`), so
+        analyses that need the objects (ROIs, answer checks) rebuild them here."""
+        grid, background, objs = key.split("||")[0].split("|", 2)
+        return cls(int(grid[1:]), background, tuple(
+            Obj(shape, color, size, row, col, digit or None) for shape, color, size, row, col, digit in ast.literal_eval(objs)))
 
     def without(self, obj: Obj) -> Scene:
         return replace(self, objects=tuple(o for o in self.objects if o != obj))

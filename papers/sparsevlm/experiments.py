@@ -23,7 +23,6 @@ visual tokens AVERAGED OVER LAYERS (merged tokens included, counted at each laye
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
@@ -43,6 +42,7 @@ from common.artifacts import provenance, save_figure, write_table
 from common.baselines.fastv import FastV
 from common.baselines.tome import ToMe
 from common.data.sample import Sample
+from common.data.toyworld_render import Scene
 from common.evaluation import EvalResult, evaluate, hash_samples
 from common.experiment import FIGURES, REPO_ROOT, TOY_CHECKPOINT, artifact, load_vlm
 from common.flops import DecoderDims, kv_cache_bytes_per_token, schedule_flops
@@ -784,26 +784,19 @@ def mask_panels(ctx: Ctx, items: Sequence[tuple[Sample, SparseVLM]], target: str
     return save_figure(fig, ctx.out_dir / target.split("-")[-1], provenance=prov)
 
 
-def _objects(sample: Sample) -> tuple[int, list[tuple]]:
-    """(grid, [(shape, colour, size, row, col, digit)]) of a ToyWorld sample's first frame."""
-    key = sample.meta["scene_key"].split("||")[0]
-    g, _bg, objs = key.split("|", 2)
-    return int(g[1:]), list(ast.literal_eval(objs))
-
-
 def same_image_questions(sample: Sample) -> list[Sample]:
     """Two ToyWorld questions about one image (Fig. 1/6: the kept patches should follow the question):
     the colour of two different objects, named by their shapes (objects with a unique shape)."""
     from common.data.toyworld import TEMPLATES
 
-    _, objs = _objects(sample)
-    shapes = [o[0] for o in objs]
-    uniq = [o for o in objs if shapes.count(o[0]) == 1 and o[0] != "tile"]
+    objs = Scene.from_key(sample.meta["scene_key"]).objects
+    shapes = [o.shape for o in objs]
+    uniq = [o for o in objs if shapes.count(o.shape) == 1 and o.shape != "tile"]
     out = []
     for o in uniq[:2]:
-        q = TEMPLATES["color_of"][0].format(shape=o[0])
-        out.append(Sample(id=f"{sample.id}-ask-{o[0]}", family="gqa", images=sample.images, question=q,
-                          answer=o[1], meta={"scene_key": sample.meta["scene_key"]}))
+        q = TEMPLATES["color_of"][0].format(shape=o.shape)
+        out.append(Sample(id=f"{sample.id}-ask-{o.shape}", family="gqa", images=sample.images, question=q,
+                          answer=o.color, meta={"scene_key": sample.meta["scene_key"]}))
     return out
 
 
@@ -849,15 +842,11 @@ def roi_share(sample: Sample) -> float:
     1.0 for background questions. A heuristic stand-in for Fig. 7's manual ROI."""
     words = set(re.findall(r"[a-z]+", sample.question.lower()))
     words |= {_PLURAL[w] for w in words if w in _PLURAL}
-    g, objs = _objects(sample)
+    scene = Scene.from_key(sample.meta["scene_key"])
     if "background" in words:
         return 1.0
-    cells = set()
-    for shape, colour, size, row, col, _digit in objs:
-        if shape in words or colour in words:
-            span = 2 if size == "large" else 1
-            cells |= {(row + i, col + j) for i in range(span) for j in range(span)}
-    return len(cells) / (g * g)
+    cells = {c for o in scene.objects if o.shape in words or o.color in words for c in o.cells()}
+    return len(cells) / (scene.grid * scene.grid)
 
 
 def attention_mass_share(scores: torch.Tensor, mass: float = 0.8) -> float:
@@ -896,14 +885,13 @@ def fig7(scale: str = "toy") -> dict[str, Path]:
     fig, axes = new_figure(1, 2, width=8.0, height=3.0, squeeze=False)
     ex = samples[0]
     axes[0][0].imshow(ex.images[0])
-    g, objs = _objects(ex)
-    cell = ex.images[0].width / g
+    scene = Scene.from_key(ex.meta["scene_key"])
+    cell = ex.images[0].width / scene.grid
     words = set(re.findall(r"[a-z]+", ex.question.lower()))
-    for shape, colour, size, row, col, _ in objs:
-        if shape in words or colour in words:
-            span = 2 if size == "large" else 1
+    for o in scene.objects:
+        if o.shape in words or o.color in words:
             axes[0][0].add_patch(__import__("matplotlib").patches.Rectangle(
-                (col * cell, row * cell), span * cell, span * cell, fill=False, ec="red", lw=2))
+                (o.col * cell, o.row * cell), o.span * cell, o.span * cell, fill=False, ec="red", lw=2))
     axes[0][0].set_axis_off()
     axes[0][0].set_title(f"\"{ex.question}\" -> ROI {100 * roi_share(ex):.0f}% of the image", fontsize=8)
     parts = {"raters / text tokens": text_share, "ROI / image": roi, "tokens with 80% of\nrater attention": attn}
