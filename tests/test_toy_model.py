@@ -10,7 +10,9 @@ from common.data.toyworld import toyworld_split
 from common.models.base import VisionLanguageModel
 from common.models.checkpoint import load_card
 from common.models.toy import ToyConfig, ToyVLM
-from common.models.toy_train import ToyTrainConfig, first_token_accuracy, run, stage0_batch, stage_batch
+from common.models.toy_train import (
+    PositionKeeper, ToyTrainConfig, first_token_accuracy, run, stage0_batch, stage_batch,
+)
 from common.models.train import TrainConfig, answer_loss, lr_at, train
 
 TINY = ToyConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
@@ -243,3 +245,34 @@ def test_packed_mask_isolates_branches_and_positions_restart():
     assert not mask[1, pad:, :pad].any()  # and nobody attends to padding
     with pytest.raises(ValueError, match="at least one sample"):
         vlm.build_packed_batch([[]])
+
+
+def test_position_keeper_reads_every_patch_of_training_forwards_only():
+    torch.set_num_threads(1)
+    vlm = ToyVLM.fresh(TINY, seed=0)
+    keeper = PositionKeeper(vlm.model, TINY.text_hidden, TINY.grid)
+    tc = ToyTrainConfig(batch=3, video_every=2)
+    clips = stage_batch(vlm, 2, 1, tc)  # step 1 of video_every=2: a batch of 3-frame clips
+    keeper.train()
+    answer_loss(keeper.model, clips)
+    n_images = clips["pixel_values"].shape[0]
+    assert sum(f.numel() for f in keeper._projected) == n_images * TINY.grid ** 2 * TINY.text_hidden
+    loss = keeper.position_loss()
+    assert keeper._projected == [] and 0 < loss.item() < 2 * torch.log(torch.tensor(TINY.grid)).item()
+    loss.backward()  # reaches both the heads and the projector (the tower is not in the graph's trained part)
+    assert keeper.heads["col"].weight.grad is not None
+    assert vlm.model.model.multi_modal_projector.linear_1.weight.grad is not None
+    keeper.eval()
+    with torch.no_grad():
+        answer_loss(keeper.model, clips)
+    assert keeper._projected == []  # evaluation forwards (the learning curve) are not kept
+
+
+def test_position_aux_run_trains_and_saves_a_plain_llava(tmp_path):
+    torch.set_num_threads(1)
+    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, batch=2, video_every=2, save_every=1,
+                        val_per_family=1, position_aux=0.5)
+    card = run(tmp_path / "ck", tc, TINY, progress=False)
+    assert card["train_config"]["position_aux"] == 0.5
+    vlm = ToyVLM.load(tmp_path / "ck")  # the heads are not part of the checkpoint
+    assert not any("heads" in k for k in vlm.model.state_dict())

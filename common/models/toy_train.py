@@ -79,7 +79,7 @@ from common.data.toyworld import (
 )
 from common.data.toyworld_render import COLORS, DIGITS, SHAPES, render
 from common.models.toy import ToyConfig, ToyVLM, image_to_tensor
-from common.models.train import TrainConfig, train
+from common.models.train import TrainConfig, answer_loss, train
 
 # Family weights of the instruction-tuning mix (video comes in its own batches). Fine-grained families
 # (relations, counting, reading) get more weight: they are the slowest to learn.
@@ -102,6 +102,9 @@ class ToyTrainConfig:
     packed: bool = True  # with turns > 1: the turns as parallel branches of one row (no leakage between them)
     position_heads: bool = True  # stage 0 also predicts each patch's row and column (video 45 -> 100%)
     rescale_tower: bool = False  # rescale the frozen tower to RMS-1 features before stage 1
+    # Weight of a stage-2 auxiliary loss: linear heads read each patch's row and column from the projector
+    # output (`PositionKeeper`), so position is not eroded while the LM learns position-free lookups.
+    position_aux: float = 0.0
     lr1: float = 1e-3
     lr2: float = 1e-3
     seed: int = 0  # data seed and init seed
@@ -184,6 +187,36 @@ def rescale_tower_features(tower: torch.nn.Module, pixel_values: torch.Tensor, t
         mod.weight.mul_(c)
         mod.bias.mul_(c)
     return c
+
+
+class PositionKeeper(torch.nn.Module):
+    """The VLM + linear row / column heads on its projector output, for stage 2's auxiliary position loss.
+
+    Why: the frozen tower reads an object patch's row / column at 100%, but after stage 2 the projector
+    output (all the LM ever sees) keeps them at only ~75% (module docstring), because every answer that
+    drives the projector is a lookup that needs no position. The heads ask the projector to keep position
+    linearly readable while it adapts to those lookups; they are dropped after training."""
+
+    def __init__(self, model: torch.nn.Module, width: int, grid: int):
+        super().__init__()
+        self.model = model
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, grid) for k in ("row", "col")})
+        self.grid = grid
+        self._projected: list[torch.Tensor] = []
+        model.model.multi_modal_projector.register_forward_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if module.training:  # not during the learning curve's evaluation
+            self._projected.append(out)
+
+    def position_loss(self) -> torch.Tensor:
+        """Mean row / column cross-entropy over every patch the projector produced since the last call."""
+        feats = torch.cat([f.reshape(-1, self.grid * self.grid, f.shape[-1]) for f in self._projected])
+        self._projected.clear()
+        cells = torch.arange(self.grid * self.grid).repeat(feats.shape[0])
+        flat = feats.flatten(0, 1)
+        return 0.5 * (F.cross_entropy(self.heads["row"](flat), cells // self.grid)
+                      + F.cross_entropy(self.heads["col"](flat), cells % self.grid))
 
 
 def with_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -284,9 +317,13 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
         rescale_tower_features(tower, stage0_batch(mc.grid, -1, tc)["pixel_values"])
     for stage, steps, lr in ((1, tc.stage1_steps, tc.lr1), (2, tc.stage2_steps, tc.lr2)):
         cfg = TrainConfig(steps=steps, lr=lr, seed=tc.seed + stage, save_every=tc.save_every)
-        hist[stage] = train(vlm.model, lambda step, s=stage: stage_batch(vlm, s, step, tc), cfg,
-                            state_path=work / f"stage{stage}.pt", progress=progress, desc=f"stage {stage}",
-                            on_log=log(stage), extend=tc.extend)
+        trained, loss_fn = vlm.model, answer_loss
+        if stage == 2 and tc.position_aux > 0:
+            trained = PositionKeeper(vlm.model, mc.text_hidden, mc.grid)
+            loss_fn = lambda m, b: answer_loss(m.model, b) + tc.position_aux * m.position_loss()  # noqa: E731
+        hist[stage] = train(trained, lambda step, s=stage: stage_batch(vlm, s, step, tc), cfg,
+                            state_path=work / f"stage{stage}.pt", loss_fn=loss_fn, progress=progress,
+                            desc=f"stage {stage}", on_log=log(stage), extend=tc.extend)
     wall = time.time() - t0
     val = toyworld_split("val", tc.val_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid,
                          version=tc.data_version)
