@@ -11,7 +11,7 @@ from common.data.sample import Sample
 from common.data.tokenizer import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, UNK, build_tokenizer, load_tokenizer, \
     save_tokenizer
 from common.data.toyworld import (
-    DATA_VERSION, FAMILIES, LETTERS, POPE_SPLITS, QA_FAMILIES, SPLITS, make_sample, scene_split, toyworld_split,
+    FAMILIES, LETTERS, POPE_SPLITS, QA_FAMILIES, SPLITS, make_sample, scene_split, toyworld_split,
     toyworld_stream,
 )
 from common.data.toyworld_render import Obj, Scene, render
@@ -275,4 +275,6 @@ def test_checkpoint_data_version(tmp_path):
     with pytest.raises(FileNotFoundError, match="card.json"):
         data_version(tmp_path / "missing")
     assert data_version(TOY_CHECKPOINT_V1) == 1
-    assert data_version(TOY_CHECKPOINT) == DATA_VERSION  # `make toy-model` reproduces the committed model
+    from common.models.toy_train import ToyTrainConfig
+
+    assert data_version(TOY_CHECKPOINT) == ToyTrainConfig().data_version  # `make toy-model` reproduces it

@@ -19,15 +19,15 @@ asking the same thing about the same scene share `meta["rephrase_group"]` (ConBe
 
 Data versions (`version=`; a toy checkpoint's card records the one it was trained on as `data.version`,
 and it is evaluated on that one, `common.models.checkpoint.data_version`):
-- 1 (default; every committed toy model): gqa's spatial questions compare two objects ("is the red circle
-  left or right of the blue cross ?"), and mc answers with the option's letter. Toy models v1-v3 left both
-  at chance (relations 44-48%, mc 22-33% over three training recipes).
-- 2 (`make toy-model` with `--data-version 2`): gqa's spatial questions ask which half of the image one
-  object is in ("is the red circle on the left or the right of the image ?", GQA's own "which side"
-  questions), and mc answers with the option's text ("... options : circle , cross , diamond , square .
-  answer with one of the options ." -> "cross"); the options still restrict the answer to four. Every
-  other family is drawn identically. One from-scratch run (checkpoints/README.md): mc 27 -> 55% on val
-  (as accurate as the lookup it needs), half-image questions 50-65% (not learned).
+- 1 (default; `toy-llava-v1`, used by ATP and STF): gqa's spatial questions compare two objects ("is the
+  red circle left or right of the blue cross ?"), and mc answers with the option's letter. Toy models v1-v3
+  left both at chance (relations 44-48%, mc 22-33% over three training recipes).
+- 2 (`make toy-model`'s default; the committed `toy-llava`, v5): gqa's spatial questions ask which half of
+  the image one object is in ("is the red circle on the left or the right of the image ?", GQA's own "which
+  side" questions), and mc answers with the option's text ("... options : circle , cross , diamond ,
+  square . answer with one of the options ." -> "cross"); the options still restrict the answer to four.
+  Every other family is drawn identically. On v5 (checkpoints/README.md): mc 93% on val (as accurate as
+  the lookup it needs), half-image questions 55-65% (not learned, although position is readable).
 
 Determinism and splits: sample `i` of split `s` with seed `k` is drawn from `random.Random("k:s:i")`.
 A scene belongs to exactly one split, chosen by a hash of its canonical description
