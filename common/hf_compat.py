@@ -8,10 +8,15 @@ cache through these helpers, so they work on both sides of the rename.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
+from transformers import LlamaModel
 from transformers.masking_utils import create_causal_mask
+
+# The keyword that passes a KV cache to a model's forward in the installed transformers.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 def call_arg(args: tuple, kwargs: dict, name: str, pos: int) -> Any:
@@ -25,6 +30,11 @@ def cache_arg(kwargs: dict) -> Any:
     """The KV cache given to a decoder forward: `cache` (transformers >= 5.24) or `past_key_values`."""
     cache = kwargs.get("cache")
     return cache if cache is not None else kwargs.get("past_key_values")
+
+
+def cache_kwargs(cache: Any) -> dict[str, Any]:
+    """`cache` as the keyword argument the installed transformers expects (no deprecation warning on 5.24+)."""
+    return {CACHE_KWARG: cache}
 
 
 def causal_mask(config, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, cache: Any,

@@ -11,6 +11,7 @@ from common.models.tiny import make_batch, num_image_tokens, sample_of, tiny_lla
 from common.reduction import DecodeContext, FixedKeep, Reducer, Selection, reduce_tokens
 from common.registry import build_reducer, reducer_names
 from common import spans as S
+from common.hf_compat import cache_kwargs
 from tests._reducer_cases import CASES
 
 ATOL = 1e-5
@@ -215,7 +216,7 @@ def test_decode_mask_only_mode(model, batch):
         for b, sp in enumerate(S.compute_spans(batch.input_ids, batch.attention_mask, batch.image_token_id)):
             allowed[b, sp.visual_positions()[1::2]] = False
         pos = batch.attention_mask.sum(1, keepdim=True)
-        ref = model(input_ids=tok, past_key_values=pre.past_key_values, attention_mask=allowed[:, None, None, :],
+        ref = model(input_ids=tok, **cache_kwargs(pre.past_key_values), attention_mask=allowed[:, None, None, :],
                     position_ids=pos).logits[:, -1]
     torch.testing.assert_close(res.logits[1], ref, atol=ATOL, rtol=0)
     assert not torch.allclose(res.logits[1], plain.logits[1])
