@@ -276,3 +276,15 @@ def test_position_aux_run_trains_and_saves_a_plain_llava(tmp_path):
     assert card["train_config"]["position_aux"] == 0.5
     vlm = ToyVLM.load(tmp_path / "ck")  # the heads are not part of the checkpoint
     assert not any("heads" in k for k in vlm.model.state_dict())
+
+
+def test_make_toy_model_defaults_are_the_committed_checkpoints_recipe():
+    """`make toy-model` (the defaults) must retrain the committed model: same recipe, model size and data."""
+    from dataclasses import asdict
+
+    from common.experiment import TOY_CHECKPOINT
+
+    card = load_card(TOY_CHECKPOINT)
+    assert card["train_config"] == asdict(ToyTrainConfig())
+    assert card["model_config"] == asdict(ToyConfig())
+    assert card["data"]["version"] == ToyTrainConfig().data_version

@@ -65,6 +65,10 @@ Measured (2 idle cores; val first-token accuracy, 48 per family, the card's `val
     the projector was not the only obstacle. Test split (toy report, 40 per family): 84.8%, blind 17.6%.
     The stage-2 loss fell faster from step ~2750 (0.43 vs 0.52 at step 3000, aux included), so the auxiliary
     loss helped the lookups too, not only position; one controlled pair of runs, not a variance estimate.
+  - what v5 still cannot do (val): filter-then-aggregate. POPE: it answers "yes" to 85% of random and
+    adversarial negatives (56 of 66) as to 89% of positives (rejecting only popular negatives, 20 of 33), so it
+    does not check the colour-shape pair. Counting a subset ("how many red objects"): 13-42% when the answer is >= 2
+    (all small objects 13%, so not a 2x2-patch double count), against 85-90% for "how many objects".
   - sequential dialogues with lookup lists (`--turns 6 --no-packed --position-heads --rescale-tower`):
     42.1% at 2275 steps, flat since step 500: later turns can copy answers from earlier ones.
 """
