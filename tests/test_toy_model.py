@@ -266,6 +266,10 @@ def test_position_keeper_reads_every_patch_of_training_forwards_only():
     with torch.no_grad():
         answer_loss(keeper.model, clips)
     assert keeper._projected == []  # evaluation forwards (the learning curve) are not kept
+    keeper.train()
+    keeper.remove()
+    answer_loss(keeper.model, clips)
+    assert keeper._projected == []  # removed: the model runs without it
 
 
 def test_position_aux_run_trains_and_saves_a_plain_llava(tmp_path):

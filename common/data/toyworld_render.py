@@ -92,8 +92,8 @@ class Scene:
         keys with "||"; this parses the first. Samples keep only the key (`meta["scene_key"]`), so
         analyses that need the objects (ROIs, answer checks) rebuild them here."""
         grid, background, objs = key.split("||")[0].split("|", 2)
-        return cls(int(grid[1:]), background, tuple(
-            Obj(shape, color, size, row, col, digit or None) for shape, color, size, row, col, digit in ast.literal_eval(objs)))
+        return cls(int(grid[1:]), background, tuple(Obj(shape, color, size, row, col, digit or None)
+                                                    for shape, color, size, row, col, digit in ast.literal_eval(objs)))
 
     def without(self, obj: Obj) -> Scene:
         return replace(self, objects=tuple(o for o in self.objects if o != obj))

@@ -218,7 +218,12 @@ class PositionKeeper(torch.nn.Module):
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, grid) for k in ("row", "col")})
         self.grid = grid
         self._projected: list[torch.Tensor] = []
-        model.model.multi_modal_projector.register_forward_hook(self._keep)
+        self._hook = model.model.multi_modal_projector.register_forward_hook(self._keep)
+
+    def remove(self) -> None:
+        """Take the hook off the projector, so the trained model goes on without the keeper."""
+        self._hook.remove()
+        self._projected.clear()
 
     def _keep(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
         if module.training:  # not during the learning curve's evaluation
@@ -339,6 +344,8 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
         hist[stage] = train(trained, lambda step, s=stage: stage_batch(vlm, s, step, tc), cfg,
                             state_path=work / f"stage{stage}.pt", loss_fn=loss_fn, progress=progress,
                             desc=f"stage {stage}", on_log=log(stage), extend=tc.extend)
+        if isinstance(trained, PositionKeeper):
+            trained.remove()
     wall = time.time() - t0
     val = toyworld_split("val", tc.val_per_family * len(FAMILIES), seed=tc.seed, grid=mc.grid,
                          version=tc.data_version)
