@@ -642,7 +642,6 @@ def vocabulary(version: int = DATA_VERSION) -> list[str]:
     words.update(MC_SUFFIX.replace("{opts}", "").split())
     if version >= 2:
         words.update(MC_TEXT_SUFFIX.replace("{opts}", "").split())
-        words.update(["top", "bottom"])
     for vals in fill.values():
         words.update(vals)
     words.update(COLORS)
