@@ -123,8 +123,8 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_run_writes_a_loadable_checkpoint(tmp_path, samples):
     torch.set_num_threads(1)
-    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, batch=2, video_every=2, save_every=1,
-                        val_per_family=1)
+    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, stage3_steps=0, batch=2, video_every=2,
+                        save_every=1, val_per_family=1)
     card = run(tmp_path / "ck", tc, TINY, progress=False)
     for f in ("model.safetensors", "config.json", "tokenizer.json", "card.json", "toy_config.json"):
         assert (tmp_path / "ck" / f).exists()
@@ -274,8 +274,8 @@ def test_position_keeper_reads_every_patch_of_training_forwards_only():
 
 def test_position_aux_run_trains_and_saves_a_plain_llava(tmp_path):
     torch.set_num_threads(1)
-    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, batch=2, video_every=2, save_every=1,
-                        val_per_family=1, position_aux=0.5)
+    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, stage3_steps=1, batch=2, video_every=2,
+                        save_every=1, val_per_family=1, position_aux=0.5)
     card = run(tmp_path / "ck", tc, TINY, progress=False)
     assert card["train_config"]["position_aux"] == 0.5
     vlm = ToyVLM.load(tmp_path / "ck")  # the heads are not part of the checkpoint
@@ -291,3 +291,33 @@ def test_make_toy_model_defaults_are_the_committed_checkpoints_recipe():
     card = load_card(TOY_CHECKPOINT)
     assert card["train_config"] == asdict(ToyTrainConfig())
     assert card["model_config"] == asdict(ToyConfig())  # the data version: test_checkpoint_data_version
+
+
+def test_stage3_batches_are_stage2s_stream_with_targeted_dialogues():
+    """Stage 3 continues stage 2's batch stream (its step numbers follow stage 2's) and differs from it only
+    through the targeted dialogues: with both knobs at 0 its batches are stage 2's."""
+    torch.set_num_threads(1)
+    vlm = ToyVLM.fresh(TINY)
+    off = ToyTrainConfig(batch=4, video_every=0)
+    on = ToyTrainConfig(batch=4, video_every=0, repeat_scenes=1.0, pope_adversarial=1.0)
+    for step in (5000, 5001):
+        b2, b3_off, b3_on = (stage_batch(vlm, 2, step, off), stage_batch(vlm, 3, step, off),
+                             stage_batch(vlm, 3, step, on))
+        assert b2.keys() == b3_off.keys() and all(torch.equal(b2[k], b3_off[k]) for k in b2)
+        assert not torch.equal(b2["pixel_values"], b3_on["pixel_values"])  # other dialogue scenes
+        assert torch.equal(stage_batch(vlm, 2, step, on)["pixel_values"], b2["pixel_values"])  # stage 2 untouched
+
+
+def test_stage3_extends_stage2s_run_and_leaves_its_state(tmp_path):
+    torch.set_num_threads(1)
+    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, stage3_steps=2, batch=2, video_every=0,
+                        save_every=1, val_per_family=1, curve_every=0, repeat_scenes=0.5, pope_adversarial=0.5)
+    card = run(tmp_path / "ck", tc, TINY, progress=False)
+    work = tmp_path / "ck" / "_train"
+    s2, s3 = (torch.load(work / f"stage{k}.pt", weights_only=False) for k in (2, 3))
+    assert (s2["step"], s3["step"]) == (2, 4) and s3["history"][:len(s2["history"])] == s2["history"]
+    assert card["steps"] == {"stage0": 1, "stage1": 1, "stage2": 2, "stage3": 2}
+    assert card["final_loss"]["3"] == s3["history"][-1]["loss"]
+    weights = (tmp_path / "ck" / "model.safetensors").read_bytes()
+    run(tmp_path / "ck", tc, TINY, progress=False)  # every stage finished: a rerun changes nothing
+    assert (tmp_path / "ck" / "model.safetensors").read_bytes() == weights

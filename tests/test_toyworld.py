@@ -22,6 +22,11 @@ def _fingerprint(samples: list[Sample]) -> list[tuple]:
             for s in samples]
 
 
+# sha256 of (question | answer | scene key) of the first 60 six-turn training dialogues (seed 0, the
+# stage-2 mix), recorded from the generator toy model v5 was trained with (commit db78e7e).
+V5_DIALOGUES_SHA256 = "2062ac6688c6a4de6e6ed1dbbd1cd47d5f1ce54da51ef14b95b41bab46908553"
+
+
 def test_same_seed_same_bytes_and_questions():
     a = toyworld_split("val", 24, seed=3)
     b = toyworld_split("val", 24, seed=3)
@@ -210,6 +215,70 @@ def test_dialogue_counts_count_the_given_scene():
         else:
             assert q.answer == str(sum(o.color == q.args["color"] for o in scene.objects))
     assert seen == {"count_all", "count_shape", "count_color"}
+
+
+def test_dialogue_defaults_draw_toy_model_v5s_dialogues():
+    """With `repeat_p` and `pope_adversarial` at 0 (their defaults) the dialogue stream is the one the
+    committed v5 recipe was trained on: its fingerprint was recorded before the two knobs existed."""
+    import hashlib
+
+    from common.data.toyworld import make_dialogue
+    from common.models.toy_train import DIALOGUE_MIX
+
+    h = hashlib.sha256()
+    for i in range(60):
+        for s in make_dialogue("train", 0, i, DIALOGUE_MIX, 6, repeat_p=0.0, pope_adversarial=0.0):
+            h.update(f"{s.question}|{s.answer}|{s.meta['scene_key']}".encode())
+    assert h.hexdigest() == V5_DIALOGUES_SHA256
+
+
+def test_repeat_scenes_repeat_an_attribute_and_counting_turns_favour_it():
+    import random
+
+    from common.data.toyworld import make_dialogue, repeat_scene
+    from common.models.toy_train import DIALOGUE_MIX
+
+    for k in range(40):
+        scene = repeat_scene(random.Random(k), 12)
+        colors = Counter(o.color for o in scene.objects)
+        shapes = Counter(o.shape for o in scene.objects)
+        assert max(colors.values()) >= 2 or max(shapes.values()) >= 2
+        assert len({(o.color, o.shape) for o in scene.objects}) == len(scene.objects)
+
+    def subset_counts_of_two_or_more(**kw) -> int:
+        return sum(s.meta.get("qkind") in ("count_color", "count_shape") and int(s.answer) >= 2
+                   for i in range(150) for s in make_dialogue("train", 0, i, DIALOGUE_MIX, 6, **kw))
+
+    plain, repeated = subset_counts_of_two_or_more(), subset_counts_of_two_or_more(repeat_p=0.5)
+    assert repeated >= 1.5 * plain > 0
+
+
+def test_pope_adversarial_makes_dialogue_negatives_share_an_attribute():
+    from common.data.toyworld import TEMPLATES, make_dialogue
+
+    prefix, suffix = TEMPLATES["exist"][0].split("{obj}")
+    negatives = checked = 0
+    for i in range(120):
+        for s in make_dialogue("train", 0, i, {"pope": 1.0, "gqa": 1.0}, 4, pope_adversarial=1.0):
+            if s.family != "pope" or s.answer != "no":
+                continue
+            negatives += 1
+            assert s.meta["pope_split"] == "adversarial"
+            if s.meta["template"] == 0:  # the canonical phrasing names the absent object
+                checked += 1
+                color, shape = s.question[len(prefix):-len(suffix)].split()
+                objs = Scene.from_key(s.meta["scene_key"]).objects
+                assert any(o.color == color or o.shape == shape for o in objs)
+                assert not any(o.color == color and o.shape == shape for o in objs)
+    assert negatives >= 20 and checked >= 5
+
+
+@pytest.mark.parametrize("kw", [{"repeat_p": 1.5}, {"pope_adversarial": -0.1}])
+def test_dialogue_knobs_must_be_probabilities(kw):
+    from common.data.toyworld import make_dialogue
+
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        make_dialogue("train", 0, 0, {"gqa": 1.0}, 3, **kw)
 
 
 def test_scene_from_key_inverts_key_for_images_and_clips():

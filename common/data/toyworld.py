@@ -22,12 +22,12 @@ and it is evaluated on that one, `common.models.checkpoint.data_version`):
 - 1 (default; `toy-llava-v1`, used by ATP and STF): gqa's spatial questions compare two objects ("is the
   red circle left or right of the blue cross ?"), and mc answers with the option's letter. Toy models v1-v3
   left both at chance (relations 44-48%, mc 22-33% over three training recipes).
-- 2 (`make toy-model`'s default; the committed `toy-llava`, v5): gqa's spatial questions ask which half of
-  the image one object is in ("is the red circle on the left or the right of the image ?", GQA's own "which
-  side" questions), and mc answers with the option's text ("... options : circle , cross , diamond ,
+- 2 (`make toy-model`'s default; the committed `toy-llava`, v6, and v5 before it): gqa's spatial
+  questions ask which half of the image one object is in ("is the red circle on the left or the right
+  of the image ?", GQA's own "which side" questions), and mc answers with the option's text ("... options : circle , cross , diamond ,
   square . answer with one of the options ." -> "cross"); the options still restrict the answer to four.
-  Every other family is drawn identically. On v5 (checkpoints/README.md): mc 93% on val (as accurate as
-  the lookup it needs), half-image questions 55-65% (not learned, although position is readable).
+  Every other family is drawn identically. On v6 (checkpoints/README.md): mc 97% on val (as accurate as
+  the lookup it needs), half-image questions 40-65% (not learned, although position is readable).
 
 Determinism and splits: sample `i` of split `s` with seed `k` is drawn from `random.Random("k:s:i")`.
 A scene belongs to exactly one split, chosen by a hash of its canonical description
@@ -145,6 +145,25 @@ def random_scene(rng: random.Random, grid: int, n_min: int = 3, n_max: int = 6, 
     scene = Scene(grid, rng.choice(sorted(BACKGROUNDS)))
     for _ in range(rng.randint(n_min, n_max)):
         scene, _ = add_object(rng, scene, tile_p=tile_p)
+    return scene
+
+
+def repeat_scene(rng: random.Random, grid: int) -> Scene:
+    """A scene where 2-4 objects share one colour (with distinct shapes) or one shape (with distinct
+    colours), plus 1-3 others. Random scenes rarely repeat an attribute (8 colours, 5 shapes), so training
+    dialogues on them almost never ask to count a subset of 2 or more, or to tell "red square" from the
+    red circle and red triangle next to it: the filter-then-aggregate questions v5 failed."""
+    scene = Scene(grid, rng.choice(sorted(BACKGROUNDS)))
+    if rng.random() < 0.5:
+        color = _weighted(rng, _COLOR_W)
+        for sh in rng.sample(list(SHAPES), rng.randint(2, 4)):
+            scene, _ = add_object(rng, scene, shape=sh, color=color)
+    else:
+        shape = _weighted(rng, _SHAPE_W)
+        for co in rng.sample(list(COLORS), rng.randint(2, 4)):
+            scene, _ = add_object(rng, scene, shape=shape, color=co)
+    for _ in range(rng.randint(1, 3)):
+        scene, _ = add_object(rng, scene, tile_p=0.25)
     return scene
 
 
@@ -418,15 +437,22 @@ _BUILDERS: dict[str, Callable[..., _Q | None]] = {
 }
 
 
-def _ask_count(rng: random.Random, scene: Scene) -> _Q:
+def _ask_count(rng: random.Random, scene: Scene, favour_repeats: bool = False) -> _Q:
     """A counting question about a given `scene` (training dialogues; the benchmark's `_q_count` instead
-    draws the count first so that its answer prior is flat). Half the time it names something present."""
+    draws the count first so that its answer prior is flat). Half the time it names something present;
+    with `favour_repeats`, three times in four, weighting each present value by its count squared (so a
+    colour shared by three objects is asked about nine times as often as a colour seen once)."""
     kind = rng.choices(["count_shape", "count_color", "count_all"], weights=[2, 2, 1])[0]
     if kind == "count_all":
         return _Q([scene], kind, {}, str(len(scene.objects)), "number", meta={"qtype": kind})
     attr, pool = ("shape", PLAIN_SHAPES) if kind == "count_shape" else ("color", tuple(COLORS))
     present = sorted({getattr(o, attr) for o in scene.objects} & set(pool))
-    value = rng.choice(present) if present and rng.random() < 0.5 else rng.choice(pool)
+    if favour_repeats:
+        counts = Counter(getattr(o, attr) for o in scene.objects)
+        value = (rng.choices(present, weights=[counts[v] ** 2 for v in present])[0]
+                 if present and rng.random() < 0.75 else rng.choice(pool))
+    else:
+        value = rng.choice(present) if present and rng.random() < 0.5 else rng.choice(pool)
     n = sum(getattr(o, attr) == value for o in scene.objects)
     args = {"shapes": PLURALS[value]} if attr == "shape" else {"color": value}
     return _Q([scene], kind, args, str(n), "number", meta={"qtype": kind})
@@ -455,16 +481,22 @@ def _ask_lookup(rng: random.Random, scene: Scene) -> _Q | None:
     return _Q([scene], kind, {}, answer, "caption")
 
 
-def _ask_any(rng: random.Random, scene: Scene, family: str, version: int) -> _Q | None:
-    """A question of `family` about a given single-image `scene` (None if the scene can't support it)."""
+def _ask_any(rng: random.Random, scene: Scene, family: str, version: int,
+             pope_adversarial: float = 0.0, favour_repeats: bool = False) -> _Q | None:
+    """A question of `family` about a given single-image `scene` (None if the scene can't support it).
+    A POPE negative is adversarial with probability `pope_adversarial`, else of a uniformly drawn split;
+    `favour_repeats` goes to `_ask_count`."""
     if family == "gqa":
         return _ask_gqa(rng, scene, version)
     if family == "pope":
-        return _ask_pope(rng, scene, rng.random() < 0.5, rng.choice(POPE_SPLITS))
+        positive = rng.random() < 0.5
+        if pope_adversarial > 0 and rng.random() < pope_adversarial:
+            return _ask_pope(rng, scene, positive, "adversarial")
+        return _ask_pope(rng, scene, positive, rng.choice(POPE_SPLITS))
     if family == "textvqa":
         return _ask_read(rng, scene)
     if family == "count":
-        return _ask_count(rng, scene)
+        return _ask_count(rng, scene, favour_repeats)
     if family == "scene":
         return _Q([scene], "background", {}, scene.background)
     if family == "mc":
@@ -478,18 +510,30 @@ def _ask_any(rng: random.Random, scene: Scene, family: str, version: int) -> _Q 
 
 
 def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turns: int, grid: int = 12,
-                  cell: int = CELL, version: int = DATA_VERSION) -> list[Sample]:
+                  cell: int = CELL, version: int = DATA_VERSION, repeat_p: float = 0.0,
+                  pope_adversarial: float = 0.0) -> list[Sample]:
     """`turns` questions about one fresh scene of `split` (a multi-turn conversation, as LLaVA's
     instruction data): the image's tokens are paid once and supervise every turn, which is what lets the
     toy model learn object lookup within the 90-minute training budget. Families are drawn with `weights`
     among those the scene supports (a scene without tiles asks no reading question), and no question is
-    asked twice. Captions are better kept out of `weights`: a caption would answer the later turns."""
+    asked twice. Captions are better kept out of `weights`: a caption would answer the later turns.
+
+    `repeat_p`: the share of scenes drawn by `repeat_scene` (an attribute shared by 2-4 objects); when it is
+    not 0, counting turns also favour the values that repeat (`_ask_count`). `pope_adversarial`: the share
+    of POPE negatives that are adversarial (`_ask_any`). Both 0 (the default) draw exactly the dialogues
+    of toy model v5, which had neither."""
     _check(split, list(weights), grid, None, known=FAMILIES + TRAIN_ONLY_FAMILIES, version=version)
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
+    for name, p in (("repeat_p", repeat_p), ("pope_adversarial", pope_adversarial)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {p}")
     rng = random.Random(f"toyworld-dialogue:{seed}:{split}:{i}")
-    while True:
-        scene = random_scene(rng, grid, 2, 7, tile_p=0.25)
+    while True:  # the draw of the scene kind is skipped when repeat_p is 0, so v5's stream is unchanged
+        if repeat_p > 0 and rng.random() < repeat_p:
+            scene = repeat_scene(rng, grid)
+        else:
+            scene = random_scene(rng, grid, 2, 7, tile_p=0.25)
         if scene_split(scene.key()) == split:
             break
     image = render(scene, cell)
@@ -500,7 +544,7 @@ def make_dialogue(split: str, seed: int, i: int, weights: dict[str, float], turn
         if len(out) == turns:
             break
         family = rng.choices(fams, weights=w)[0]
-        q = _ask_any(rng, scene, family, version)
+        q = _ask_any(rng, scene, family, version, pope_adversarial, favour_repeats=repeat_p > 0)
         if q is None or (q.kind, *sorted(q.args.items())) in asked:
             continue
         asked.add((q.kind, *sorted(q.args.items())))
