@@ -83,3 +83,28 @@ def test_stf_longer_check_reads_the_gap(tmp_path):
                                row("tokenconcat", 1440, 52), row("mbtf-stf", 480, 45), row("mbtf-stf", 1440, 54)])
     (claim,) = stf_summary.claims(tmp_path)
     assert claim.verdict.startswith("yes") and "+13.0 -> +5.0" in claim.ours
+
+
+@pytest.mark.parametrize("paper", ["sparsevlm", "atp", "stf"])
+def test_committed_readme_claim_blocks_match_the_committed_artifacts(paper):
+    """Regenerating a paper's artifacts without rewriting its README block (`python -m papers.<paper>.summary
+    --readme`) leaves the README claiming numbers the artifacts no longer hold: this catches it."""
+    import importlib
+    from pathlib import Path
+
+    from common.claims import markdown
+
+    summary = importlib.import_module(f"papers.{paper}.summary")
+    readme = (Path(summary.__file__).parent / "README.md").read_text()
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == markdown(summary.claims(), summary.EMPTY).strip()
+
+
+def test_dyrate_readme_shows_the_committed_claims_table():
+    """DyRate's claims are an artifact of their own (`make dyrate-claims`); its README must show that table."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = [ln for ln in (root / "figures" / "dyrate" / "claims.md").read_text().splitlines() if ln.startswith("|")]
+    readme = (root / "papers" / "dyrate" / "README.md").read_text()
+    assert len(table) > 2 and "\n".join(table) in readme
