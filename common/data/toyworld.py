@@ -24,8 +24,9 @@ and it is evaluated on that one, `common.models.checkpoint.data_version`):
   left both at chance (relations 44-48%, mc 22-33% over three training recipes).
 - 2 (`make toy-model`'s default; the committed `toy-llava`, v6, and v5 before it): gqa's spatial
   questions ask which half of the image one object is in ("is the red circle on the left or the right
-  of the image ?", GQA's own "which side" questions), and mc answers with the option's text ("... options : circle , cross , diamond ,
-  square . answer with one of the options ." -> "cross"); the options still restrict the answer to four.
+  of the image ?", GQA's own "which side" questions), and mc answers with the option's text ("... options :
+  circle , cross , diamond , square . answer with one of the options ." -> "cross"); the options still
+  restrict the answer to four.
   Every other family is drawn identically. On v6 (checkpoints/README.md): mc 97% on val (as accurate as
   the lookup it needs), half-image questions 40-65% (not learned, although position is readable).
 

@@ -133,10 +133,11 @@ class ToyTrainConfig:
     # Weight of a stage-2 auxiliary loss: linear heads read each patch's row and column from the projector
     # output (`PositionKeeper`), so position is not eroded while the LM learns position-free lookups.
     position_aux: float = 0.25  # 0 = off (v3 and earlier); v5 and v6 (the committed toy-llava) use 0.25
-    # Stage 3 (targeted): stage 2 continued for `stage3_steps` more steps (same optimiser, batch stream and
-    # auxiliary loss; the cosine schedule stretched over both stages' steps), with dialogues aimed at the
+    # Stage 3: stage 2 continued for `stage3_steps` more steps (same optimiser, batch stream and auxiliary
+    # loss; the cosine schedule stretched over both stages' steps). Optionally with dialogues aimed at the
     # filter-then-aggregate questions (toyworld.make_dialogue): `repeat_scenes` is the share of scenes where
     # 2-4 objects share a colour or a shape, `pope_adversarial` the share of POPE negatives that are adversarial.
+    # Both 0 = plain stage-2 batches, as v6: the targeted ones scored no better (module docstring).
     stage3_steps: int = 400  # 0 = none (v5); the committed toy-llava (v6) was trained with 400
     repeat_scenes: float = 0.0
     pope_adversarial: float = 0.0
