@@ -81,8 +81,9 @@ Measured (2 idle cores; val first-token accuracy, 48 per family, the card's `val
     plain batches 84.8% (count 55 -> 62, textvqa 86 -> 90, mc 93 -> 97, pope 60 -> 63, gqa 81 -> 81); the
     targeted dialogues above 84.5% (count 65, pope 61, gqa 78). The gain is the extra training, not the
     targeted data: the plain one is stage 3 (`--stage3-steps 400`, the default since; checkpoint v6, ~81 min
-    from scratch). Filter-then-aggregate stays weak on v6: pope's random / adversarial negatives 52 / 52%,
-    "how many <color> objects" 51%, half-image questions 40 / 65%.
+    from scratch). Filter-then-aggregate stays weak on v6: pope's random / adversarial splits 52 / 52% (it says
+    "yes" to 61 of their 67 negatives, and to 22 of 33 popular ones), "how many <color> objects" 51%,
+    half-image questions 40 / 65%.
   - sequential dialogues with lookup lists (`--turns 6 --no-packed --position-heads --rescale-tower`):
     42.1% at 2275 steps, flat since step 500: later turns can copy answers from earlier ones.
 """
