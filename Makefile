@@ -37,6 +37,9 @@ bench-reduction: setup  ## prefill wall time, keep-all vs FastV 33/22/11% on a s
 toy-model: setup  ## train the toy LLaVA from scratch on ToyWorld -> checkpoints/toy-llava (resumes if interrupted)
 	$(PY) -m common.models.toy train --out checkpoints/toy-llava
 
+toy-model-repro: setup  ## retrain the committed toy model from scratch (~81 min) into .cache/toy-llava-repro and compare its val metrics (within 1 point?) and weights
+	$(PY) -m common.models.toy_repro
+
 toy-report: setup  ## toy model per family: all / blind / random 33-22-11% visual tokens -> figures/toyworld/baseline.*
 	$(PY) -m common.toy_report
 
@@ -75,7 +78,7 @@ ALL_ARTIFACTS := $(SPARSEVLM_ARTIFACTS) $(ATP_ARTIFACTS) $(DYRATE_ARTIFACTS) $(S
 STF_VARIANTS := baseline mbtf stf mbtf-stf avgpool tokenconcat mbtf-avgpool mbtf-tokenconcat \
 	mbtf-stf-k2-e2 mbtf-stf-k3-e1 mbtf-stf-k3-e3 mbtf-stf-k4-e4 mbtf-stf-k4-e8
 STF_TRAIN := $(addprefix stf-train-,$(STF_VARIANTS))
-.PHONY: toy-model toy-report sparsevlm atp dyrate stf stf-train $(ALL_ARTIFACTS) $(STF_TRAIN)
+.PHONY: toy-model toy-model-repro toy-report sparsevlm atp dyrate stf stf-train $(ALL_ARTIFACTS) $(STF_TRAIN)
 
 $(ALL_ARTIFACTS): setup
 	$(PY) -m common.experiment $@ --scale $(SCALE)

@@ -321,3 +321,29 @@ def test_stage3_extends_stage2s_run_and_leaves_its_state(tmp_path):
     weights = (tmp_path / "ck" / "model.safetensors").read_bytes()
     run(tmp_path / "ck", tc, TINY, progress=False)  # every stage finished: a rerun changes nothing
     assert (tmp_path / "ck" / "model.safetensors").read_bytes() == weights
+
+
+def test_toy_repro_retrains_the_committed_recipe_and_compares(tmp_path):
+    """`make toy-model-repro` on a tiny committed model: the card's recipe (not today's defaults) retrains the
+    same weights byte for byte; a metric moved past the tolerance fails the check."""
+    import json
+
+    from common.models.toy_repro import compare, main
+
+    torch.set_num_threads(1)
+    tc = ToyTrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=2, stage3_steps=1, batch=2, video_every=0,
+                        save_every=1, val_per_family=1, curve_every=0, threads=1)
+    committed = tmp_path / "committed"
+    run(committed, tc, TINY, progress=False)
+    report = main(["--committed", str(committed), "--out", str(tmp_path / "again"), "--no-progress"])
+    assert report["weights_identical"] and report["within_tolerance"] and report["max_abs_diff_points"] == 0
+    assert json.loads((tmp_path / "again" / "repro.json").read_text()) == report
+    card = json.loads((committed / "card.json").read_text())
+    card["val_metrics"]["full"]["gqa"] += 1.5
+    (committed / "card.json").write_text(json.dumps(card))
+    moved = compare(tmp_path / "again", committed)
+    assert not moved["within_tolerance"] and moved["val_diff_points"]["gqa"] == -1.5
+    with pytest.raises(SystemExit):
+        main(["--committed", str(committed), "--out", str(tmp_path / "again"), "--no-progress"])
+    with pytest.raises(SystemExit, match="must differ"):
+        main(["--committed", str(committed), "--out", str(committed)])
