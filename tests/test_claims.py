@@ -102,9 +102,8 @@ def test_committed_readme_claim_blocks_match_the_committed_artifacts(paper):
 
 def test_dyrate_readme_shows_the_committed_claims_table():
     """DyRate's claims are an artifact of their own (`make dyrate-claims`); its README must show that table."""
-    from pathlib import Path
+    from common.experiment import FIGURES, REPO_ROOT
 
-    root = Path(__file__).resolve().parents[1]
-    table = [ln for ln in (root / "figures" / "dyrate" / "claims.md").read_text().splitlines() if ln.startswith("|")]
-    readme = (root / "papers" / "dyrate" / "README.md").read_text()
+    table = [ln for ln in (FIGURES / "dyrate" / "claims.md").read_text().splitlines() if ln.startswith("|")]
+    readme = (REPO_ROOT / "papers" / "dyrate" / "README.md").read_text()
     assert len(table) > 2 and "\n".join(table) in readme

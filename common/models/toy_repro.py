@@ -18,11 +18,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.models.checkpoint import atomic_write_text, load_card
+from common.models.checkpoint import WEIGHTS, atomic_write_text, load_card
 from common.models.toy import ToyConfig
 from common.models.toy_train import ToyTrainConfig, run
-
-WEIGHTS = "model.safetensors"
 
 
 def compare(retrained: str | Path, committed: str | Path, tolerance: float = 1.0) -> dict:
