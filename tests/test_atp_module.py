@@ -1,7 +1,6 @@
 """ATP module (papers/atp/module.py) and its hard-pruning reducer (papers/atp/method.py) on tiny random LLaVAs.
 
 Golden numbers come from the spec (papers/atp.md §3.4 table, §6.1, §11)."""
-import math
 
 import pytest
 import torch

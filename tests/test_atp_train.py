@@ -8,7 +8,6 @@ import torch
 from common import spans as S
 from common.attention import decoder_of
 from common.models.tiny import make_batch, tiny_llava
-from papers.atp.module import ATPConfig
 from common import flops as F
 from papers.atp.train import matched_fixed_counts, IGNORE, TrainBatch, TrainConfig, build_atp_config, measure_tokens, n_target_of, train_atp
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from common import spans as S
-from common.models.tiny import make_batch, num_image_tokens, tiny_llava
-from papers.dyrate.analysis import TOKEN_TYPES, ShareTrace, generation_shares, share_trend, type_shares
+from papers.dyrate.analysis import TOKEN_TYPES, generation_shares, share_trend, type_shares
 
 T = 4
 

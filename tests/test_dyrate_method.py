@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from common.baselines.fastv import FastV
-from common.models.tiny import make_batch, num_image_tokens, tiny_llava
 from common.reduction import reduce_tokens
 from common.registry import build_reducer
 from papers.dyrate.method import MODES, DepthPrune, DyRate

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.models.tiny import make_batch, num_image_tokens, sample_of, tiny_llama, tiny_llava
+from common.models.tiny import make_batch, sample_of, tiny_llama, tiny_llava
 from common.reduction import DecodeContext, FixedKeep, Reducer, Selection, reduce_tokens
 from common.registry import build_reducer, reducer_names
 from common import spans as S

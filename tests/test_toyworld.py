@@ -11,7 +11,7 @@ from common.data.sample import Sample
 from common.data.tokenizer import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, UNK, build_tokenizer, load_tokenizer, \
     save_tokenizer
 from common.data.toyworld import (
-    FAMILIES, LETTERS, POPE_SPLITS, QA_FAMILIES, SPLITS, make_sample, scene_split, toyworld_split,
+    FAMILIES, LETTERS, POPE_SPLITS, SPLITS, make_sample, scene_split, toyworld_split,
     toyworld_stream,
 )
 from common.data.toyworld_render import Obj, Scene, render
