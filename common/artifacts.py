@@ -46,6 +46,15 @@ FloatFormat = str | Callable[[float], str]
 # --------------------------------------------------------------------------------------------------
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     """Write `data` to `path` atomically: temp file in the same folder, fsync, `os.replace`."""
     path = Path(path)
@@ -56,6 +65,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from common.artifacts import atomic_write_text
+
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 
 
@@ -60,7 +62,7 @@ def update_readme(readme: Path, body: str) -> None:
         raise ValueError(f"readme: {readme} has no {BEGIN} ... {END} block")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    atomic_write_text(readme, f"{head}{BEGIN}\n{body}\n{END}{tail}")
 
 
 def main(claims_of: Callable[[Path], Sequence[Claim]], readme: Path, folder: Path, empty: str,

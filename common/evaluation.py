@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from common.artifacts import atomic_write_text
 from common.data.sample import ANSWER_TYPES, Sample
 from common.metrics import score_all
 
@@ -434,7 +435,7 @@ def evaluate(
             folder.mkdir(parents=True, exist_ok=True)
             meta = folder / "key.json"
             if not meta.exists():
-                meta.write_text(json.dumps({"key": key, "config": config}, indent=2, sort_keys=True) + "\n")
+                atomic_write_text(meta, json.dumps({"key": key, "config": config}, indent=2, sort_keys=True) + "\n")
         if dist:
             dist.barrier()
         done = _read_cache(folder, set(ids))

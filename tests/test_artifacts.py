@@ -89,6 +89,15 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temporary file left behind
 
 
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path, monkeypatch):
+    """mkstemp creates 0600 files; artifacts and checkpoints are shared, so they get 0666 minus the umask."""
+    target = A.atomic_write_text(tmp_path / "a.json", "{}\n")
+    (tmp_path / "b.json").write_text("{}\n")
+    assert target.stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777
+    monkeypatch.setattr(A, "_UMASK", 0o002)
+    assert A.atomic_write_text(tmp_path / "c.json", "{}\n").stat().st_mode & 0o777 == 0o664
+
+
 def test_write_table_error_mid_render_leaves_old_files(tmp_path, monkeypatch):
     stem = tmp_path / "t"
     A.write_table(ROWS, stem, title="T", provenance={})

@@ -41,7 +41,10 @@ def build_tokenizer(words: Iterable[str] | None = None, data_version: int | None
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
-    tok.save(str(path))
+    """Atomically; the bytes equal `Tokenizer.save`'s (pretty JSON)."""
+    from common.artifacts import atomic_write_text
+
+    atomic_write_text(path, tok.to_str(pretty=True))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

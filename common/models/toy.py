@@ -13,7 +13,7 @@ is in `common.models.toy_train`, the generic loop in `common.models.train`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,11 +25,9 @@ from transformers import BatchEncoding, CLIPVisionConfig, LlamaConfig, LlavaConf
 from common.data.sample import Sample
 from common.data.tokenizer import BOS, EOS, IMAGE, PAD, build_tokenizer, load_tokenizer
 from common.models.batching import IGNORE, answer_rows, left_pad
-from common.models.checkpoint import atomic_write_text, load_weights, save_checkpoint
+from common.models.checkpoint import TOKENIZER, WEIGHTS, atomic_write_text, load_weights, save_checkpoint
 
-MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "toy_config.json"
-CARD_FILE = "card.json"
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,7 @@ class ToyVLM:
     @classmethod
     def load(cls, path: str | Path) -> "ToyVLM":
         path = Path(path)
-        for f in (MODEL_FILE, CONFIG_FILE, "tokenizer.json"):
+        for f in (WEIGHTS, CONFIG_FILE, TOKENIZER):
             if not (path / f).exists():
                 raise FileNotFoundError(f"path: {path / f} is missing; run `make toy-model`")
         cfg = ToyConfig(**json.loads((path / CONFIG_FILE).read_text()))

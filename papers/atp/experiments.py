@@ -9,12 +9,11 @@ Token counts are averages over decoder layers (`common.flops.average_visual_toke
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from common.artifacts import file_sha256, provenance, save_figure, write_table
 from common.attention import decoder_of
 from common.evaluation import EvalResult, evaluate
 from common.experiment import FIGURES, artifact, load_vlm
-from common.models.checkpoint import data_version
+from common.models.checkpoint import CARD, data_version
 from common.registry import build_reducer
 from common.schedule import map_layer
 from papers.atp import reported as R
@@ -80,7 +79,7 @@ def test_samples(n_per_family: int = N_PER_FAMILY):
 def ensure_run(cfg: TrainConfig) -> Path:
     """The checkpoint folder of a training run, trained now if missing."""
     folder = CHECKPOINTS / cfg.name()
-    if not (folder / "card.json").exists():
+    if not (folder / CARD).exists():
         print(f"training missing checkpoint {folder.name} ...", flush=True)
         train_run(cfg)
     return folder

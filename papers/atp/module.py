@@ -444,14 +444,13 @@ def save_atp(atp: ATPModules, folder, card: dict | None = None) -> None:
     import json
     from pathlib import Path
 
-    from safetensors.torch import save_file
-
     from common.artifacts import atomic_write_text
+    from common.models.checkpoint import CARD, save_tensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in atp.state_dict().items()}, str(folder / "atp.safetensors"))
-    atomic_write_text(folder / "card.json", json.dumps({"config": atp.config.to_dict(), **(card or {})}, indent=2,
+    save_tensors(atp.state_dict(), folder / "atp.safetensors")
+    atomic_write_text(folder / CARD, json.dumps({"config": atp.config.to_dict(), **(card or {})}, indent=2,
                                                        sort_keys=True, default=str) + "\n")
 
 
@@ -462,10 +461,12 @@ def load_atp(folder) -> tuple[ATPModules, dict]:
 
     from safetensors.torch import load_file
 
+    from common.models.checkpoint import CARD
+
     folder = Path(folder)
-    if not (folder / "card.json").exists():
+    if not (folder / CARD).exists():
         raise FileNotFoundError(f"checkpoint: {folder} has no card.json (train it with `make atp-train`)")
-    card = json.loads((folder / "card.json").read_text())
+    card = json.loads((folder / CARD).read_text())
     cfg = dict(card["config"])
     for key in ("layers", "fixed_keep"):
         if cfg.get(key) is not None:

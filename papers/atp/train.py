@@ -30,7 +30,7 @@ from common import flops as F
 from common import spans as S
 from common.attention import decoder_of
 from common.experiment import REPO_ROOT, TOY_CHECKPOINT_V1
-from common.models.checkpoint import data_version
+from common.models.checkpoint import CARD, atomic_write_text, data_version, save_tensors
 from common.reduction import reduce_tokens
 from papers.atp.method import ATPReducer
 from papers.atp.module import (PAPER_ATP_LAYERS, ATPConfig, ATPModules, atp_layers, atp_loss, average_tokens_soft,
@@ -304,8 +304,6 @@ def measure_tokens(model: nn.Module, atp: ATPModules, batches: Sequence[dict], i
 def save_run(folder: Path, atp: ATPModules, model: nn.Module, cfg: TrainConfig, rows: list[dict], measured: dict,
              extra: dict) -> None:
     """Checkpoint folder: ATP weights + card; the decoder too when it was trained."""
-    from safetensors.torch import save_file
-
     n_target = n_target_of(cfg, atp.config.n_visual)
     card = {
         "train": asdict(cfg), "n_target": n_target, "steps": cfg.steps,
@@ -319,8 +317,8 @@ def save_run(folder: Path, atp: ATPModules, model: nn.Module, cfg: TrainConfig, 
     save_atp(atp, folder, card)
     if cfg.decoder == "finetune" or cfg.fixed_keep is not None:
         dec = decoder_of(model)
-        save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(folder / "decoder.safetensors"))
-    (folder / "train_log.json").write_text(json.dumps(rows) + "\n")
+        save_tensors(dec.state_dict(), folder / "decoder.safetensors")
+    atomic_write_text(folder / "train_log.json", json.dumps(rows) + "\n")
 
 
 def load_run(folder: Path | str, vlm) -> tuple[ATPModules, dict]:
@@ -376,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         from papers.atp.experiments import all_runs
 
         for cfg in all_runs():
-            if a.force or not (CHECKPOINTS / cfg.name() / "card.json").exists():
+            if a.force or not (CHECKPOINTS / cfg.name() / CARD).exists():
                 run(cfg)
         return 0
     cfg = TrainConfig(budget=a.budget, decoder=a.decoder, steps=a.steps,
@@ -384,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                       paper_layers=tuple(a.paper_layers) if a.paper_layers else None, ste=not a.soft,
                       atp=json.loads(a.atp))
     folder = CHECKPOINTS / cfg.name()
-    if (folder / "card.json").exists() and not a.force:
+    if (folder / CARD).exists() and not a.force:
         print(f"{folder} exists; --force retrains")
         return 0
     run(cfg)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from common.artifacts import file_sha256, provenance, save_figure, write_table
+from common.artifacts import atomic_write_text, file_sha256, provenance, save_figure, write_table
 from common.baselines.fastv import FastV
 from common.baselines.vtw import VTW
 from common.data.sample import Sample
@@ -228,7 +227,7 @@ def generate_records(ctx: Ctx, samples: Sequence[Sample], method: Method, max_ne
             rec["rates"] = r + [r[-1] if r else 0.0] * (steps[b] - len(r))
             records.append(rec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records))
+    atomic_write_text(path, json.dumps(records))
     return records
 
 

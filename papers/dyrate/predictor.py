@@ -20,10 +20,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from common.flops import DecoderDims, layer_flops, resolve_dims
+from common.models.checkpoint import CARD, atomic_write_text, save_tensors
 
 DEFAULT_RATES: tuple[float, ...] = tuple(c / 10 for c in range(10))  # [R] dyrate.md §4.4
 N_TYPES = 4  # system, image, instruction, response
@@ -94,18 +95,17 @@ class RatePredictor(nn.Module):
         """Write predictor.safetensors and card.json (config + whatever the trainer reports)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(folder / "predictor.safetensors"))
+        save_tensors(self.state_dict(), folder / "predictor.safetensors")
         body = {"config": self.config(), **(card or {})}
-        (folder / "card.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(folder / CARD, json.dumps(body, indent=2, sort_keys=True) + "\n")
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "RatePredictor":
         folder = Path(folder)
-        if not (folder / "card.json").exists():
-            raise FileNotFoundError(f"folder: {folder} has no card.json; train one with `make dyrate-predictor`")
-        cfg = json.loads((folder / "card.json").read_text())["config"]
+        if not (folder / CARD).exists():
+            raise FileNotFoundError(f"folder: {folder} has no {CARD}; train one with `make dyrate-predictor`")
+        cfg = json.loads((folder / CARD).read_text())["config"]
         pred = cls(int(cfg["n_heads"]), cfg["rates"], int(cfg["K"]))
         pred.load_state_dict(load_file(str(folder / "predictor.safetensors")))
         return pred.eval()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.artifacts import provenance, save_figure, write_table
+from common.artifacts import atomic_write_text, provenance, save_figure, write_table
 from common.baselines.fastv import FastV
 from common.baselines.tome import ToMe
 from common.data.sample import Sample
@@ -278,7 +278,7 @@ def sparsevlm(ctx: Ctx, budget: float, family: str, *, total: float = PAPER_VISU
                         n_visual=n_vis, iters=ctx.settings.calib_iters, **cfg)
         cal = res
         CALIB_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"value": res.value, "target": res.target, "achieved": res.achieved,
+        atomic_write_text(path, json.dumps({"value": res.value, "target": res.target, "achieved": res.achieved,
                                     "n_visual": res.n_visual, "feasible": res.feasible, "config": cfg,
                                     "family": family, "budget": budget, "total": total}, indent=1, sort_keys=True))
     ctx.calibrations[key] = cal

@@ -25,13 +25,13 @@ from common.artifacts import file_sha256, provenance, save_figure, write_table
 from common.experiment import FIGURES, artifact
 from common.data.tokenizer import build_tokenizer
 from common.flops import stf_flops
-from common.models.checkpoint import data_version
+from common.models.checkpoint import CARD, WEIGHTS, data_version
 from common.models.toy import ToyConfig
 from common.table_artifact import Table, table_artifact
 from papers.stf import reported as R
 from papers.stf.modules import STFConfig
 from papers.stf.param_counts import LLAVA15, REFERENCE_PARAMS, count_params, meta_projector, structure
-from papers.stf.train import (BASE_CHECKPOINT, EVAL_FAMILIES, LONG_STAGE2_STEPS, LONG_VARIANTS, VARIANTS,
+from papers.stf.train import (BASE_CHECKPOINT, EVAL_FAMILIES, LONG_STAGE2_STEPS, LONG_VARIANTS,
                               STFTrainConfig, checkpoint_dir, load_variant, long_dir, train_variant)
 
 OUT = FIGURES / "stf"
@@ -54,7 +54,7 @@ Scores = Mapping[str, float]  # family -> score (%)
 
 # ------------------------------------------------------------------------------------------ variants
 def missing_variants(names: Sequence[str]) -> list[str]:
-    return [n for n in dict.fromkeys(names) if not (checkpoint_dir(n) / "card.json").exists()]
+    return [n for n in dict.fromkeys(names) if not (checkpoint_dir(n) / CARD).exists()]
 
 
 def require_variants(target: str, names: Sequence[str]) -> None:
@@ -88,7 +88,7 @@ def evaluate_variant(name: str, folder: Path | None = None):
 
     folder = folder or checkpoint_dir(name)
     vlm = load_variant(folder)
-    key = {"checkpoint": file_sha256(folder / "model.safetensors")}
+    key = {"checkpoint": file_sha256(folder / WEIGHTS)}
     res = evaluate(vlm, test_samples(), batch_size=16, max_new_tokens=MAX_NEW_TOKENS, run_key=key, progress=False)
     return res, load_card(folder)
 
@@ -414,7 +414,7 @@ def longer(scale: str = "toy", evaluator=None, out: Path | None = None) -> None:
     t0 = time.time()
     if evaluator is None:
         require_variants("stf-longer", LONG_VARIANTS)
-        missing = [v for v in LONG_VARIANTS if not (long_dir(v) / "card.json").exists()]
+        missing = [v for v in LONG_VARIANTS if not (long_dir(v) / CARD).exists()]
         if missing:
             raise SystemExit(f"stf-longer: missing {', '.join(missing)}; run "
                              + " ".join(f"`make stf-train-long-{v}`" for v in missing))

@@ -40,7 +40,8 @@ from common.artifacts import portable
 from common.data.tokenizer import load_tokenizer
 from common.data.toyworld import toyworld_split
 from common.experiment import REPO_ROOT, TOY_CHECKPOINT_V1
-from common.models.checkpoint import data_version, file_sha256, load_weights
+from common.models.checkpoint import (CARD, TOKENIZER, WEIGHTS, atomic_write_text, data_version, file_sha256,
+                                      load_weights)
 from common.models.toy import CONFIG_FILE, ToyConfig, ToyVLM, build_model
 from common.models.toy_train import ToyTrainConfig, first_token_accuracy, stage_batch
 from common.models.train import TrainConfig, train
@@ -189,7 +190,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
         tc = replace(tc, stage1_steps=int(steps[0]), stage2_steps=int(steps[1]))
     tc = replace(tc, seed=seed)
     out = Path(out_dir) if out_dir is not None else checkpoint_dir(name)
-    card_path = out / "card.json"
+    card_path = out / CARD
     if card_path.exists():
         card = json.loads(card_path.read_text())
         if card.get("train_config") == json.loads(json.dumps(asdict(tc))):
@@ -197,7 +198,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
         raise ValueError(f"out_dir: {out} holds a finished run with another training config; "
                          f"delete it or pass another out_dir")
     base = Path(base)
-    if not (base / "model.safetensors").exists():
+    if not (base / WEIGHTS).exists():
         raise FileNotFoundError(f"base: {base} has no trained toy model; run `make toy-model` first")
     torch.set_num_threads(tc.threads)
     vlm = ToyVLM.load(base)
@@ -221,7 +222,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
     card = {
         "name": f"stf-{name}", "variant": name, "variant_spec": asdict(spec), "stf_config": _stf_json(proj.config),
         "visual_tokens": vlm.num_visual_tokens, "train_config": asdict(tc),
-        "base_checkpoint": {"path": portable(str(base)), "weights_sha256": file_sha256(base / "model.safetensors")},
+        "base_checkpoint": {"path": portable(str(base)), "weights_sha256": file_sha256(base / WEIGHTS)},
         "data": {"generator": "common.data.toyworld", "seed": data.seed, "split": "train",
                  "stage1": "caption", "stage2": "toy MIX without video"},
         "params": {"projector": sum(p.numel() for p in proj.parameters()),
@@ -234,7 +235,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
         "torch": torch.__version__, "platform": platform.platform(),
         "deviation": "tower and starting LLM from the trained toy LLaVA (paper: CLIP + Vicuna); fresh projector",
     }
-    (out / STF_CONFIG_FILE).write_text(json.dumps(card["stf_config"], indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / STF_CONFIG_FILE, json.dumps(card["stf_config"], indent=2, sort_keys=True) + "\n")
     vlm.save(out, card=card)
     return json.loads(card_path.read_text())
 
@@ -251,7 +252,7 @@ def _stf_json(config: STFConfig) -> dict:
 def load_variant(path: str | Path) -> ToyVLM:
     """A trained variant folder -> ToyVLM with its projector installed and the reduced placeholder count."""
     path = Path(path)
-    for f in ("model.safetensors", CONFIG_FILE, STF_CONFIG_FILE, "tokenizer.json"):
+    for f in (WEIGHTS, CONFIG_FILE, STF_CONFIG_FILE, TOKENIZER):
         if not (path / f).exists():
             raise FileNotFoundError(f"path: {path / f} is missing; train it with `make stf-train-<variant>`")
     cfg = ToyConfig(**json.loads((path / CONFIG_FILE).read_text()))
