@@ -20,10 +20,11 @@ def _state() -> dict[str, torch.Tensor]:
 
 def test_save_tensors_writes_the_bytes_save_file_writes(tmp_path):
     state = _state()  # tied (shared-storage) and non-contiguous tensors: save_file alone refuses both
-    path = C.save_tensors(state, tmp_path / "w.safetensors")
-    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp_path / "ref.safetensors"),
-              metadata={"format": "pt"})
-    assert path.read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    for metadata in (None, C.PT_FORMAT):  # ATP / DyRate files carry none, model checkpoints the format
+        path = C.save_tensors(state, tmp_path / "w.safetensors", metadata=metadata)
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp_path / "ref.safetensors"),
+                  metadata=metadata)
+        assert path.read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
     loaded = load_file(str(path))
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 

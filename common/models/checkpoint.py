@@ -20,18 +20,21 @@ from transformers import PreTrainedModel
 from common.artifacts import atomic_write_bytes, atomic_write_text, file_sha256
 from common.data.tokenizer import save_tokenizer
 
-__all__ = ["WEIGHTS", "CARD", "TOKENIZER", "CONFIG", "atomic_write_text", "file_sha256", "save_tensors",
+__all__ = ["WEIGHTS", "CARD", "TOKENIZER", "CONFIG", "PT_FORMAT", "atomic_write_text", "file_sha256", "save_tensors",
            "save_checkpoint", "load_weights", "load_card", "data_version", "save_train_state", "load_train_state"]
 
 WEIGHTS, CARD, TOKENIZER, CONFIG = "model.safetensors", "card.json", "tokenizer.json", "config.json"
+PT_FORMAT = {"format": "pt"}  # safetensors metadata of model checkpoints (transformers reads it)
 
 
-def save_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+def save_tensors(state: Mapping[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> Path:
     """Write a safetensors file atomically, so an interrupted save never leaves a truncated checkpoint
     behind a valid card. Tensors are detached, made contiguous and cloned (safetensors refuses tensors
-    that share storage, e.g. tied embeddings); the bytes equal `safetensors.torch.save_file`'s."""
+    that share storage, e.g. tied embeddings); the bytes equal `safetensors.torch.save_file`'s with the
+    same `metadata` (model checkpoints pass {"format": "pt"}, which transformers expects)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": "pt"}))
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
@@ -43,7 +46,7 @@ def save_checkpoint(out: str | Path, model: PreTrainedModel, tokenizer: Tokenize
     """Write weights, config, tokenizer and card into `out` (files replaced atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(model.state_dict(), out / WEIGHTS)
+    save_tensors(model.state_dict(), out / WEIGHTS, metadata=PT_FORMAT)
     _atomic_json(model.config.to_dict(), out / CONFIG)
     if tokenizer is not None:
         save_tokenizer(tokenizer, out / TOKENIZER)

