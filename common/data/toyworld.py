@@ -491,7 +491,7 @@ def _ask_any(rng: random.Random, scene: Scene, family: str, version: int,
         return _ask_gqa(rng, scene, version)
     if family == "pope":
         positive = rng.random() < 0.5
-        if pope_adversarial > 0 and rng.random() < pope_adversarial:
+        if pope_adversarial > 0 and rng.random() < pope_adversarial:  # no draw at 0: v5's stream unchanged
             return _ask_pope(rng, scene, positive, "adversarial")
         return _ask_pope(rng, scene, positive, rng.choice(POPE_SPLITS))
     if family == "textvqa":

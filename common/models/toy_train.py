@@ -272,8 +272,8 @@ def with_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def stage_batch(vlm: ToyVLM, stage: int, step: int, tc: ToyTrainConfig) -> dict[str, torch.Tensor]:
     """The batch of `step` in `stage`: a pure function of (seed, stage, step). Stage 3 continues stage 2's
-    stream (its steps are numbered on from `stage2_steps`, so no batch repeats one of stage 2) with the
-    targeted dialogues."""
+    stream (its steps are numbered on from `stage2_steps`, so no batch repeats one of stage 2), with the
+    targeted dialogues when `repeat_scenes` / `pope_adversarial` are set (0 for v6: stage 2's batches)."""
     repeat_p, pope_adversarial = (tc.repeat_scenes, tc.pope_adversarial) if stage == 3 else (0.0, 0.0)
     stage = 2 if stage == 3 else stage
     rng = random.Random(f"toy-batch:{tc.seed}:{stage}:{step}")
@@ -284,26 +284,22 @@ def stage_batch(vlm: ToyVLM, stage: int, step: int, tc: ToyTrainConfig) -> dict[
     elif tc.turns > 1 and tc.video_every and step % tc.video_every == 2:
         fams = ["caption"] * max(1, tc.batch // 2)  # captions get their own batches: in a dialogue they
         # would spell out the answers of the other turns
-    elif tc.turns > 1 and tc.packed:
-        # Half the rows: `turns` questions about one dialogue scene as parallel branches; the other half:
-        # single benchmark-style samples, whose generators control what dialogue scenes don't (flat count
-        # priors, tile scenes, POPE's negative sampling). Captions get their own batches (above).
-        n = max(1, tc.batch // 2)
-        groups = [make_dialogue("train", tc.seed, step * n + j, DIALOGUE_MIX, tc.turns, vlm.cfg.grid,
-                                version=tc.data_version, repeat_p=repeat_p,
-                                pope_adversarial=pope_adversarial) for j in range(n)]
-        single = {f: w for f, w in MIX.items() if f in FAMILIES and f != "caption"}
-        fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch - n)
-        base = (stage * 10_000_000) + step * tc.batch
-        groups += [[make_sample("train", tc.seed, base + j, f, vlm.cfg.grid, version=tc.data_version)]
-                   for j, f in enumerate(fams)]
-        return vlm.build_packed_batch(groups)
     elif tc.turns > 1:
         n = max(1, tc.batch // 2)
         dialogues = [make_dialogue("train", tc.seed, step * n + j, DIALOGUE_MIX, tc.turns, vlm.cfg.grid,
                                    version=tc.data_version, repeat_p=repeat_p,
                                    pope_adversarial=pope_adversarial) for j in range(n)]
-        return with_positions(vlm.build_dialogue_batch(dialogues))
+        if not tc.packed:
+            return with_positions(vlm.build_dialogue_batch(dialogues))
+        # Packed: half the rows are the `turns` questions about one dialogue scene as parallel branches; the
+        # other half single benchmark-style samples, whose generators control what dialogue scenes don't
+        # (flat count priors, tile scenes, POPE's negative sampling). Captions get their own batches (above).
+        single = {f: w for f, w in MIX.items() if f in FAMILIES and f != "caption"}
+        fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch - n)
+        base = (stage * 10_000_000) + step * tc.batch
+        singles = [[make_sample("train", tc.seed, base + j, f, vlm.cfg.grid, version=tc.data_version)]
+                   for j, f in enumerate(fams)]
+        return vlm.build_packed_batch(dialogues + singles)
     else:
         single = {f: w for f, w in MIX.items() if f in FAMILIES}
         fams = rng.choices(list(single), weights=list(single.values()), k=tc.batch)
