@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common.paths import REPO_ROOT
 
 # Packages whose versions every sidecar records (missing ones are recorded as null).
 TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pillow", "matplotlib",

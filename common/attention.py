@@ -42,12 +42,16 @@ class AttentionSlice:
     keys: "visual" (the visual tokens present at that layer) or "all" (every non-pad key).
     pre_softmax: keep the scaled logits ``q.k / sqrt(d) + mask`` instead of probabilities.
     full: ignore queries/keys and keep the full eager probability matrix [B, H, Lq, Lk] (analysis only).
+    qk: also keep the layer's query and key states (after RoPE, keys repeated for grouped-query attention),
+        so a method that scores with its own formula (ATP's S_self) reads them instead of recomputing the
+        projections.
     """
 
     queries: Literal["last", "instruction", "text", "all"] = "last"
     keys: Literal["visual", "all"] = "visual"
     pre_softmax: bool = False
     full: bool = False
+    qk: bool = False
 
     def __post_init__(self):
         if self.queries not in ("last", "instruction", "text", "all"):
@@ -63,6 +67,8 @@ class CapturedAttention:
     values: [B, H, Q, K] float32 probabilities (or logits); entries of invalid (padded) rows/columns are 0.
     q_index / k_index: [B, Q] / [B, K] positions in that layer's query / key sequence (pads: 0).
     q_valid / k_valid: [B, Q] / [B, K] bool.
+    query / key: with `AttentionSlice.qk`, the layer's states [B, H, Lq, d] and [B, H, Lk, d] (after RoPE,
+        keys repeated to H heads), in the model's dtype; else None.
     """
 
     values: torch.Tensor
@@ -70,6 +76,8 @@ class CapturedAttention:
     k_index: torch.Tensor
     q_valid: torch.Tensor
     k_valid: torch.Tensor
+    query: torch.Tensor | None = None
+    key: torch.Tensor | None = None
 
     def head_mean(self) -> torch.Tensor:
         """[B, Q, K] mean over heads."""
@@ -213,7 +221,8 @@ def _make_forward(base):
         q_index, q_valid, k_index, k_valid = select_indices(kinds, spec, query.shape[2])
         vals = attention_slice(query, key, attention_mask, scaling, module.num_key_value_groups,
                                q_index, q_valid, k_index, k_valid, spec.pre_softmax)
-        cap.results[layer] = CapturedAttention(vals, q_index, k_index, q_valid, k_valid)
+        qk = (query.detach(), repeat_kv(key, module.num_key_value_groups).detach()) if spec.qk else (None, None)
+        cap.results[layer] = CapturedAttention(vals, q_index, k_index, q_valid, k_valid, *qk)
         return out
 
     return forward

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ from torch import nn
 from common import attention as A
 from common.hf_compat import cache_arg, call_arg, causal_mask
 from common import spans as S
+from common.schedule import Budget
 from common.spans import TokenSpans
 
 
@@ -50,13 +52,18 @@ from common.spans import TokenSpans
 class Needs:
     """What a reducer asks the hook for.
 
-    attention: the slice to capture at `Reducer.attention_layer(layer)` before each prefill pruning layer.
+    attention: the slice to capture at `Reducer.attention_layer(layer)` before each prefill pruning layer
+        (computed inside that layer's normal forward; `AttentionSlice.qk` adds its query and key states).
     decode_attention: the slice to capture at decode steps before each layer of `Reducer.decode_layers`.
-    The hidden states entering the layer are always given.
+    embeddings: the decoder's input embeddings of the prompt (what enters layer 0, unpruned), for methods
+        that score with them at a later layer (SparseVLM's raters).
+    The hidden states entering the layer are always given. Everything a reducer needs arrives in its
+    context, so a reducer never has to carry state from one `select` call to the next.
     """
 
     attention: A.AttentionSlice | None = None
     decode_attention: A.AttentionSlice | None = None
+    embeddings: bool = False
 
 
 @dataclass
@@ -73,6 +80,7 @@ class ReductionContext:
     spans: per-sample spans of the prompt (original layout).
     layer_module: the decoder layer (e.g. to compute keys for a merging metric).
     input_ids: [B, L0] the prompt ids of this forward (original layout).
+    embeddings: with `Needs.embeddings`, [B, L0, D] the decoder's input embeddings (original layout).
     """
 
     layer: int
@@ -85,6 +93,7 @@ class ReductionContext:
     spans: list[TokenSpans]
     layer_module: nn.Module | None = None
     input_ids: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -127,12 +136,34 @@ class Selection:
     merged: optional per sample [M_b, D] extra tokens, placed right after the sample's last visual token.
     merged_positions: optional per sample [M_b] RoPE positions of the merged tokens (default: the
         position of the sample's last visual token).
+    info: anything the reducer wants to report about this decision (scores, thresholds, clusters); the
+        hook stores it in `ReductionState.info[layer]` for figures and analysis. It never feeds back.
     """
 
     keep: list[torch.Tensor]
     values: list[torch.Tensor | None] | None = None
     merged: list[torch.Tensor] | None = None
     merged_positions: list[torch.Tensor] | None = None
+    info: Any = None
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What a reducer factory may know about the model it builds for (`Reducer.for_model`).
+
+    n_layers / n_visual: decoder depth and visual tokens per image, so paper settings (layer 2 of 32, 192 of
+    576) map to this model. The rest serves methods whose knob must be calibrated to a budget on data
+    (SparseVLM): the model, its image token, a callable giving calibration batches (model inputs), and a
+    folder plus a key (model and data identity) under which calibrations are cached on disk.
+    """
+
+    n_layers: int
+    n_visual: int
+    model: nn.Module | None = None
+    image_token_id: int | None = None
+    calibration_batches: Callable[[], Sequence[dict]] | None = None
+    cache_dir: Path | None = None
+    cache_key: Mapping[str, Any] | None = None
 
 
 class Reducer:
@@ -140,12 +171,22 @@ class Reducer:
 
     `layers`: decoder layer indices where the reducer prunes the hidden states entering that layer.
     `decode_layers`: layers where `on_decode_step` is called at each decode step.
+    `takes_budget`: the method keeps a `Budget` of visual tokens, so every budget-sweep table (toy methods,
+        SparseVLM Table 1 ...) lists it; `for_model` builds it for a budget and a model.
     """
 
     name: str = "reducer"
     layers: tuple[int, ...] = ()
     decode_layers: tuple[int, ...] = ()
     needs: Needs = Needs()
+    takes_budget: ClassVar[bool] = False
+
+    @classmethod
+    def for_model(cls, budget: Budget | None, target: BuildTarget, **options: Any) -> "Reducer":
+        """The reducer at `budget` for the model `target` describes, its paper settings mapped to that model's
+        depth (e.g. FastV's K = 2 of 32). `options` override the defaults. Subclasses that take a budget
+        override this; the default passes `budget` (when given) and `options` to the constructor."""
+        return cls(**options) if budget is None else cls(budget=budget, **options)
 
     def attention_layer(self, layer: int) -> int:
         """The layer whose attention scores the pruning at `layer` (default: the previous one)."""
@@ -219,6 +260,7 @@ class ReductionState:
         kept_counts: {layer: per sample, number of visual tokens (merged included) entering that layer}.
         layout: [B, L'] original position of each output position of the last prefill (-1: merged/padding).
         decode_hidden: per decode step, {layer: per sample, original visual indices hidden at that step}.
+        info: {layer: the reducer's `Selection.info` at that layer} of the last prefill.
         prefills / decode_steps: counters.
     """
 
@@ -229,6 +271,7 @@ class ReductionState:
     kept_counts: dict[int, list[int]] = field(default_factory=dict)
     layout: torch.Tensor | None = None
     decode_hidden: list[dict[int, list[torch.Tensor]]] = field(default_factory=list)
+    info: dict[int, Any] = field(default_factory=dict)
     prefills: int = 0
     decode_steps: int = 0
     # internal, per input
@@ -301,6 +344,7 @@ class _Hook:
         self.prune_layers = set(int(l) for l in reducer.layers)
         self.decode_layers = set(int(l) for l in reducer.decode_layers)
         self._cache = None
+        self._embeddings: torch.Tensor | None = None
 
     # ---- top-level: one call per forward; decides prefill vs decode
     def model_pre_hook(self, module, args, kwargs):
@@ -353,7 +397,8 @@ class _Hook:
                                 tokens_per_frame=self.tokens_per_frame)
         st.spans = spans
         st.n_visual = [s.n_visual for s in spans]
-        st.kept, st.kept_counts, st.decode_hidden = {}, {}, []
+        st.kept, st.kept_counts, st.decode_hidden, st.info = {}, {}, [], {}
+        self._embeddings = None
         st._segments = []
         st._mode = "prefill"
         st.prefills += 1
@@ -400,6 +445,8 @@ class _Hook:
             pos0 = kwargs.get("position_ids")
             pos0 = torch.arange(hidden.shape[1], device=hidden.device)[None] if pos0 is None else pos0
             self._next_pos = pos0.expand(hidden.shape[0], -1)[:, -1] + 1
+            if self.reducer.needs.embeddings:
+                self._embeddings = hidden
         new_hidden = self._prune(l, module, hidden, kwargs) if l in self.prune_layers else None
         if l in self.capture.layers:
             self.capture.set_kinds(l, self._current()[0])
@@ -439,9 +486,12 @@ class _Hook:
             if att is None:
                 raise RuntimeError(f"{self.reducer.name}: no attention captured at layer "
                                    f"{self.reducer.attention_layer(l)} for pruning layer {l}")
-        ctx = ReductionContext(l, hidden, kinds, pos, vis_index, vis_orig, att, st.spans, module, self._ids)
+        ctx = ReductionContext(l, hidden, kinds, pos, vis_index, vis_orig, att, st.spans, module, self._ids,
+                               self._embeddings)
         sel = self.reducer.select(ctx)
         keeps = _validate_selection(sel, ctx, self.reducer)
+        if sel.info is not None:
+            st.info[l] = sel.info
         n_merged = [0] * B if sel.merged is None else [int(m.shape[0]) for m in sel.merged]
         st.kept[l] = [torch.cat([vis_orig[b][keeps[b]], torch.full((n_merged[b],), -1, dtype=torch.long,
                                                                        device=hidden.device)]) for b in range(B)]

@@ -1,13 +1,10 @@
-"""Registry of token reducers by name (llmc's `TOKEN_REDUCTION_REGISTRY`, DomainBed's `get_algorithm_class`).
+"""Registries by name: reducers (`REDUCERS`, filled by `@register`) and pre-LLM poolers (`POOLERS`).
 
     @register("fastv")
     class FastV(Reducer): ...
 
-    build_reducer("fastv", K=2, ratio=0.5)
-
-Duplicate names are refused; an unknown name lists the known ones. Importing `common.baselines` registers
-the baselines; paper methods register themselves in `papers/<p>/method.py`; `build_reducer` and
-`reducer_names` import all of them first.
+Duplicate names are refused; an unknown name lists the known ones. This module only holds the tables; the
+factory that builds reducers from them is `common.factory` (it imports the baselines, which import this).
 """
 from __future__ import annotations
 
@@ -34,12 +31,15 @@ class Registry(dict):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (tests that register a throwaway method clean up with this)."""
+        self.pop(name, None)
+
     def get_class(self, name: str):
         if name not in self:
-            _import_builtin()
-        if name not in self:
             known = ", ".join(sorted(self)) or "(none)"
-            raise KeyError(f"unknown {self.what} {name!r}; known: {known}")
+            raise KeyError(f"unknown {self.what} {name!r}; known: {known} (a paper's method registers when "
+                           f"`papers.<paper>.method` is imported)")
         return self[name]
 
 
@@ -47,31 +47,3 @@ REDUCERS = Registry("reducer")
 register = REDUCERS.register
 # Pre-LLM feature poolers that change the token width and need a trained projector (TokenConcat, AvgPool).
 POOLERS = Registry("pooler")
-
-
-def _import_builtin() -> None:
-    """Register every method shipped with the repo: the baselines and each `papers/<p>/method.py`, so the
-    set of known names never depends on what happened to be imported before."""
-    import importlib
-    import importlib.util
-    import pkgutil
-
-    import common.baselines  # noqa: F401  (registers the baselines)
-
-    try:
-        import papers
-    except ImportError:  # an install without the papers package
-        return
-    for info in pkgutil.iter_modules(papers.__path__):
-        if info.ispkg and importlib.util.find_spec(f"papers.{info.name}.method") is not None:
-            importlib.import_module(f"papers.{info.name}.method")
-
-
-def build_reducer(name: str, **kwargs):
-    """Instantiate the reducer registered as `name` with its keyword arguments."""
-    return REDUCERS.get_class(name)(**kwargs)
-
-
-def reducer_names() -> list[str]:
-    _import_builtin()
-    return sorted(REDUCERS)

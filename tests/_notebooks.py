@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from common.experiment import TOY_CHECKPOINT
+from common.paths import CHECKPOINTS
+
+TOY_CHECKPOINT = CHECKPOINTS / "toy-llava"
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import torch
 
+import papers.atp.method  # noqa: F401  (registers every paper's method: the registry is complete)
+import papers.dyrate.method  # noqa: F401
+import papers.sparsevlm.method  # noqa: F401
+from common.schedule import Budget
 from papers.atp.module import ATPConfig, ATPModules
 
 
@@ -18,13 +22,14 @@ def _atp_modules(fixed_keep: tuple[int, int]) -> ATPModules:
 
 
 CASES = {
-    "fastv": {"prune": dict(K=2, ratio=0.5), "keep_all": dict(K=2, ratio=0.0)},
-    "random": {"prune": dict(layer=1, budget=0.25), "keep_all": dict(layer=1, budget=1.0)},
+    "fastv": {"prune": dict(K=2, budget=Budget.pruned(0.5)), "keep_all": dict(K=2, budget=Budget.pruned(0.0))},
+    "random": {"prune": dict(layer=1, budget=Budget.fraction(0.25)), "keep_all": dict(layer=1, budget=Budget.keep_all())},
     "vtw": {"prune": dict(K=2), "keep_all": None},
-    "tome": {"prune": dict(layer=1, ratio=0.5), "keep_all": dict(layer=1, ratio=0.0)},
+    "tome": {"prune": dict(layer=1, budget=Budget.pruned(0.5)), "keep_all": dict(layer=1, budget=Budget.pruned(0.0))},
     # window=1 "pools" every token into itself through the merged-token path: a keep-all that exercises it
     "avgpool": {"prune": dict(layer=0), "keep_all": dict(layer=0, window=1)},
     "dyrate": {"prune": dict(K=2, rate=0.5), "keep_all": dict(K=2, rate=0.0)},  # fixed-rate FP mode
+    "dyrate-dp": {"prune": dict(start=1, n_layers=4, R0=0.25), "keep_all": dict(start=1, n_layers=4, R0=0.0)},
     # recycling off: the shared cache-free replay (FixedKeep) cannot rebuild merged tokens; tests/test_sparsevlm_method.py covers it
     "sparsevlm": {"prune": dict(scale=1.0, recycle=False), "keep_all": dict(mode="paper", lam=0.0)},
     "atp": {"prune": dict(modules=_atp_modules((8, 4))), "keep_all": dict(modules=_atp_modules((16, 16)))},

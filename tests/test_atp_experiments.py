@@ -1,18 +1,31 @@
 """ATP experiments: registered targets, transcribed paper numbers (checked against the spec's arithmetic and
-common.flops), and the row/budget helpers. The targets themselves need the toy checkpoint (make atp-*)."""
+common.flops), and the row/budget helpers. The targets themselves need the toy checkpoint (make atp-*); the
+paper scale is tests/test_atp_paper.py."""
 import pytest
 
 from common import flops as F
-from common.experiment import ARTIFACTS, _import_all_experiments
+from common.run import TARGETS
 from papers.atp import reported as R
 from papers.atp.experiments import fastv_keep_for_average, score_row
+from papers.atp.runs import BASE_CHECKPOINT, MAIN, Options, all_runs, runs_dir
 
 
 def test_all_targets_registered():
-    _import_all_experiments()
     want = {f"atp-table{i}" for i in range(1, 7)} | {"atp-fig2", "atp-fig4", "atp-ratios"}
-    assert want <= set(ARTIFACTS)
-    assert ARTIFACTS["atp-fig4"].kind == "figure" and ARTIFACTS["atp-table3"].kind == "table"
+    assert want <= set(TARGETS)
+    assert TARGETS["atp-fig4"].kind == "figure" and TARGETS["atp-table3"].kind == "table"
+    for name in want:  # the committed runs were trained on the first toy model
+        assert TARGETS[name].paper == "atp" and TARGETS[name].checkpoint == BASE_CHECKPOINT
+        assert set(TARGETS[name].scales) == ({"toy"} if name == "atp-fig2" else {"toy", "paper"})
+        assert TARGETS[name].why_not
+
+
+def test_runs_live_by_scale(tmp_path):
+    assert len(all_runs()) == 12 and all_runs()[0] is MAIN and MAIN.name() == "atp-toy-144-finetune"
+    assert runs_dir("toy", tmp_path, Options()).name == "checkpoints"
+    assert runs_dir("paper", tmp_path, Options()) == tmp_path / "runs"
+    assert runs_dir("paper", tmp_path, Options(runs_dir=str(tmp_path / "x"))) == tmp_path / "x"
+    assert MAIN.name("paper") == "atp-paper-144-finetune"
 
 
 def test_table2_averages_reproduce_with_common_flops():

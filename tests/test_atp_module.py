@@ -2,17 +2,21 @@
 
 Golden numbers come from the spec (papers/atp.md §3.4 table, §6.1, §11)."""
 
+import contextlib
+
 import pytest
 import torch
 
 from common import flops as F
 from common import spans as S
+from common.attention import decoder_of
 from common.models.tiny import make_batch, sample_of, tiny_llava
 from common.reduction import reduce_tokens
-from common.registry import build_reducer
+from common.factory import build_reducer
 from papers.atp.method import ATPReducer
 from papers.atp.module import (ATPConfig, ATPModules, atp_layers, atp_loss, average_tokens_soft, load_atp,
-                               minmax, rank_percentile, save_atp, soft_atp, spatial_scores, target_loss, token_scores)
+                               minmax, qk_of, rank_percentile, save_atp, soft_atp, soft_training, spatial_scores, target_loss,
+                               token_scores)
 
 N_LAYERS = 8
 
@@ -29,6 +33,11 @@ def batch():
 
 def kinds_of(b):
     return S.kinds_of(S.compute_spans(b.input_ids, b.attention_mask, b.image_token_id))
+
+
+def decisions(st, atp):
+    """The modules' decisions of the last prefill, in module order (the hook keeps each `Selection.info`)."""
+    return [st.info[l] for l in atp.config.layers]
 
 
 def make_atp(seed=0, **kw):
@@ -149,10 +158,10 @@ def test_minmax_ignores_absent_tokens():
 def test_thresholds_in_unit_interval_and_shapes(model, batch):
     atp = make_atp()
     red = ATPReducer(modules=atp)
-    with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id):
+    with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id) as st:
         model(**batch.inputs())
-    assert len(red.last) == 3
-    for d in red.last:
+    assert sorted(st.info) == list(atp.config.layers)
+    for d in decisions(st, atp):
         assert d.theta_r.shape == (3,) and d.s_red.shape == (3, 16) and d.keep.shape == (3, 16)
         assert bool(((d.theta_r > 0) & (d.theta_r < 1) & (d.theta_s > 0) & (d.theta_s < 1)).all())
         assert bool((d.keep == (d.keep_r | d.keep_s)).all()) and bool((d.keep <= d.present).all())
@@ -163,12 +172,13 @@ def test_hard_pruning_keeps_exactly_the_mask(model, batch):
     red = ATPReducer(modules=atp)
     with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id) as st:
         model(**batch.inputs())
-    for d in red.last:
+    ds = decisions(st, atp)
+    for d in ds:
         for b in range(3):
             assert sorted(st.kept[d.layer][b].tolist()) == torch.nonzero(d.keep[b]).flatten().tolist()
             assert st.kept_counts[d.layer][b] == int(d.keep[b].sum())
     # irreversible: each module keeps a subset of what the previous one kept
-    for a, b in zip(red.last, red.last[1:]):
+    for a, b in zip(ds, ds[1:]):
         assert bool((b.keep <= a.keep).all())
 
 
@@ -176,15 +186,15 @@ def test_soft_masks_become_the_hard_masks_at_low_temperature(model, batch):
     """tau = 1e4: sigmoid masks are 0/1, and the soft (training) path prunes the same tokens as inference."""
     atp = make_atp(tau=1e4, seed=3)
     red = ATPReducer(modules=atp)
-    with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id):
+    with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id) as st:
         model(**batch.inputs())
     with torch.no_grad(), soft_atp(model, atp, kinds_of(batch)) as ss:
         model(**batch.inputs())
     assert len(ss.masks) == 3
-    for g, d in zip(ss.masks, red.last):
+    for g, d in zip(ss.masks, decisions(st, atp)):
         assert float(((g < 1e-3) | (g > 1 - 1e-3)).float().mean()) > 0.95  # a score may sit near theta
         assert torch.equal(g > 0.5, d.keep)
-    assert any(bool((~d.keep).any()) for d in red.last)  # the test prunes something
+    assert any(bool((~d.keep).any()) for d in decisions(st, atp))  # the test prunes something
 
 
 def test_keep_all_is_exact(model, batch):
@@ -202,7 +212,7 @@ def test_fixed_ratio_keeps_topk_of_redundancy(model, batch):
     with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id) as st:
         model(**batch.inputs())
     assert [st.kept_counts[l] for l in atp.config.layers] == [[12] * 3, [6] * 3, [3] * 3]
-    d = red.last[0]
+    d = decisions(st, atp)[0]
     for b in range(3):  # every kept token scores at least as high as every dropped one
         assert d.s_red[b][d.keep[b]].min() >= d.s_red[b][~d.keep[b]].max()
 
@@ -268,3 +278,93 @@ def test_rejects_wrong_visual_count(model):
     with pytest.raises(ValueError, match="kinds"):
         with soft_atp(model, atp, kinds_of(b)):
             pass
+
+
+# ------------------------------------------------------------------------------ stateless inference scores
+class _Recorder(ATPReducer):
+    """The reducer, keeping each context and its scores for the test (the real one keeps nothing)."""
+
+    def select(self, ctx):
+        self.seen.append((ctx, self.scores(ctx, ctx.attention, ctx.layer_module.self_attn.scaling)))
+        return super().select(ctx)
+
+
+def test_scores_equal_a_recomputation_from_the_previous_layers_input(model, batch):
+    """S_self and S_cross read from layer i_k - 1's captured forward equal the scores recomputed from the hidden
+    states that entered it (projections + RoPE + Eq. 3-4), in the pruned layout of later modules too."""
+    atp = make_atp(tau=1e4, seed=2)
+    red = _Recorder(modules=atp)
+    red.seen = []
+    inputs = {}
+    layers = decoder_of(model).layers
+    with torch.no_grad(), reduce_tokens(model, red, image_token_id=batch.image_token_id) as st:
+        hooks = [layers[l - 1].register_forward_pre_hook(
+            lambda m, a, kw, l=l: inputs.__setitem__(l, (a[0] if a else kw["hidden_states"], kw["position_embeddings"])),
+            with_kwargs=True) for l in atp.config.layers]
+        try:
+            model(**batch.inputs())
+        finally:
+            for h in hooks:
+                h.remove()
+    assert len(red.seen) == 3 and any(c.n_visual != [16] * 3 for c, _ in red.seen)  # later modules see pruned rows
+    for ctx, (s_self, s_cross) in red.seen:
+        hidden, (cos, sin) = inputs[ctx.layer]
+        layer = layers[ctx.layer - 1]
+        for b in range(3):
+            valid = torch.nonzero(ctx.kinds[b] != S.PAD).flatten()
+            kv = ctx.kinds[b, valid]
+            vis, txt = torch.nonzero(kv == S.VISUAL).flatten(), torch.nonzero(kv == S.INSTRUCTION).flatten()
+            q, k = qk_of(layer, hidden[b, valid], cos[b, valid] if cos.shape[0] == 3 else cos[0, valid],
+                         sin[b, valid] if sin.shape[0] == 3 else sin[0, valid])
+            ref_self, ref_cross = token_scores(q, k, vis, txt, layer.self_attn.scaling)
+            orig = ctx.visual_orig[b]
+            assert torch.allclose(s_self[b, orig], ref_self, atol=1e-5, rtol=1e-5)
+            assert torch.allclose(s_cross[b, orig], ref_cross, atol=1e-6, rtol=1e-5)
+            absent = torch.ones(16, dtype=torch.bool)
+            absent[orig] = False
+            assert not s_self[b, absent].any() and not s_cross[b, absent].any()
+    assert st.kept_counts  # it pruned through the hook as usual
+
+
+def test_reducer_keeps_no_state_between_calls(model, batch):
+    """A decision depends on its input only: interleaving another batch changes nothing, and the reducer holds
+    nothing but its modules and its declaration."""
+    atp = make_atp(tau=1e4, seed=4)
+    red = ATPReducer(modules=atp)
+    other = make_batch(2, n_image_tokens=16, seed=9)
+
+    def kept(b):
+        with torch.no_grad(), reduce_tokens(model, red, image_token_id=b.image_token_id) as st:
+            model(**b.inputs())
+        return {l: [k.tolist() for k in st.kept[l]] for l in atp.config.layers}
+
+    first = kept(batch)
+    kept(other)
+    assert kept(batch) == first
+    assert set(vars(red)) == {"atp", "layers", "needs"}
+    assert red.layers == atp.config.layers and red.needs.attention.qk
+
+
+# ------------------------------------------------------------------------------ activation checkpointing
+def test_soft_training_under_activation_checkpointing_matches_the_plain_forward(batch):
+    """The biased masks travel in each layer's arguments, so recomputed layers see them: loss and gradients equal
+    the un-checkpointed forward's."""
+    from common.models.train import gradient_checkpointing
+
+    kinds = kinds_of(batch)
+    results = []
+    for ckpt in (False, True):
+        m = tiny_llava(num_layers=N_LAYERS)
+        atp = make_atp(tau=10.0, init_theta_r=0.5, seed=1)
+        m.train()
+        for p in m.parameters():
+            p.requires_grad_(True)
+        with (gradient_checkpointing(m) if ckpt else contextlib.nullcontext()), soft_training(m, atp) as soft:
+            ss = soft.begin(kinds)
+            loss = m(**batch.inputs()).logits[:, -1].logsumexp(-1).mean() + atp_loss(ss.masks, atp.config)
+            loss.backward()
+        grads = [p.grad for p in list(m.parameters()) + list(atp.parameters()) if p.grad is not None]
+        results.append((loss.detach(), grads))
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1) and len(g0) == len(g1)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(g0, g1))

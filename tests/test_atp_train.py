@@ -9,7 +9,8 @@ from common import spans as S
 from common.attention import decoder_of
 from common.models.tiny import make_batch, tiny_llava
 from common import flops as F
-from papers.atp.train import matched_fixed_counts, IGNORE, TrainBatch, TrainConfig, build_atp_config, measure_tokens, n_target_of, train_atp
+from papers.atp.runs import TrainConfig, build_atp_config, matched_fixed_counts, n_target_of
+from papers.atp.train import IGNORE, TrainBatch, measure_tokens, train_atp
 
 
 def tiny_batches(seed=0):

@@ -13,7 +13,9 @@ from common.baselines.tokenconcat import TokenConcat, tokenconcat
 from common.baselines.tome import tome_merge
 from common.models.tiny import make_batch, num_image_tokens, sample_of, tiny_llava
 from common.reduction import ReductionContext, Reducer, reduce_tokens
-from common.registry import POOLERS, REDUCERS, Registry, build_reducer, reducer_names
+from common.factory import build_reducer, reducer_names
+from common.registry import POOLERS, REDUCERS, Registry
+from common.schedule import Budget
 from tests._reducer_cases import CASES
 
 
@@ -34,10 +36,10 @@ def test_fastv_rule_on_hand_made_attention():
     a = torch.tensor([[0.10, 0.30, 0.05, 0.00, 0.40, 0.15],
                       [0.10, 0.20, 0.05, 0.02, 0.50, 0.13]])
     ctx = _ctx(a[None, :, None, :], torch.ones(1, 1, dtype=torch.bool), [6])
-    assert FastV(K=2, ratio=0.5).select(ctx).keep[0].tolist() == [1, 4, 5]
-    assert FastV(K=2, keep=1).select(ctx).keep[0].tolist() == [4]
+    assert FastV(K=2, budget=Budget.pruned(0.5)).select(ctx).keep[0].tolist() == [1, 4, 5]
+    assert FastV(K=2, budget=Budget.count(1)).select(ctx).keep[0].tolist() == [4]
     # R=0.5 of 5 tokens keeps round(2.5) = 2 (Python round, as FastV)
-    assert FastV(K=2, ratio=0.5).n_keep(5) == 2 and FastV(K=2, ratio=0.5).n_keep(7) == 4
+    assert FastV(K=2).n_keep(5) == 2 and FastV(K=2).n_keep(7) == 4
 
 
 def test_fastv_all_queries_averages_valid_rows():
@@ -87,15 +89,15 @@ def test_random_is_seeded_and_batch_invariant():
     b = make_batch(n_image_tokens=num_image_tokens(m))
     runs = []
     for _ in range(2):
-        with reduce_tokens(m, build_reducer("random", layer=0, budget=0.5, seed=3)) as st, torch.no_grad():
+        with reduce_tokens(m, build_reducer("random", layer=0, budget=Budget.fraction(0.5), seed=3)) as st, torch.no_grad():
             m(**b.inputs())
         runs.append(st.kept[0])
     assert all(torch.equal(x, y) for x, y in zip(*runs))
     assert not torch.equal(runs[0][0], runs[0][1])  # different prompts -> different subsets
-    with reduce_tokens(m, build_reducer("random", layer=0, budget=0.5, seed=3)) as st, torch.no_grad():
+    with reduce_tokens(m, build_reducer("random", layer=0, budget=Budget.fraction(0.5), seed=3)) as st, torch.no_grad():
         m(**sample_of(b, 1).inputs())
     assert torch.equal(st.kept[0][0], runs[0][1])
-    with reduce_tokens(m, build_reducer("random", layer=0, budget=0.5, seed=4)) as st, torch.no_grad():
+    with reduce_tokens(m, build_reducer("random", layer=0, budget=Budget.fraction(0.5), seed=4)) as st, torch.no_grad():
         m(**b.inputs())
     assert not torch.equal(st.kept[0][0], runs[0][0])
 

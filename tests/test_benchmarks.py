@@ -1,205 +1,28 @@
 """common.data.benchmarks on tiny fixture files written in each benchmark's real LLaVA-eval format."""
 from __future__ import annotations
 
-import base64
-import io
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from common.data.benchmarks import BENCHMARKS, iter_benchmark, load_benchmark
-
-SA = "Answer the question using a single word or phrase."
-LETTER = "Answer with the option's letter from the given choices directly."
-
-
-def _img(path: Path, color=(200, 30, 30), size=(8, 6)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _questions(path: Path, rows: list[tuple]) -> Path:
-    """LLaVA's question JSONL, the one format every writer below shares: (question_id, image, text, category)
-    rows, each text ending with the short-answer prompt as in LLaVA's eval files."""
-    return _jsonl(path, [{"question_id": qid, "image": image, "text": f"{text}\n{SA}", "category": category}
-                         for qid, image, text, category in rows])
-
-
-def _json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------
-# Fixture writers (layouts as in LLaVA's playground/data/eval; see the module docstring)
-# ----------------------------------------------------------------------------------------------------
-
-
-def write_pope(root: Path) -> None:
-    base = root / "pope"
-    for name in ("COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"):
-        _img(base / "val2014" / name)
-    a, b = "COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"
-    _questions(base / "llava_pope_test.jsonl", [
-        (1, a, "Is there a snowboard in the image?", "adversarial"),
-        (2, a, "Is there a dog in the image?", "adversarial"),
-        (3, b, "Is there a truck in the image?", "popular"),
-        (4, b, "Is there an umbrella in the imange?", "random"),
-    ])
-    coco = base / "coco"
-    _jsonl(coco / "coco_pope_adversarial.json", [
-        {"question_id": 1, "image": a, "text": "Is there a snowboard in the image?", "label": "yes"},
-        {"question_id": 2, "image": a, "text": "Is there a dog in the image?", "label": "no"},
-    ])
-    _jsonl(coco / "coco_pope_popular.json", [
-        {"question_id": 1, "image": b, "text": "Is there a truck in the image?", "label": "yes"},
-    ])
-    _jsonl(coco / "coco_pope_random.json", [
-        {"question_id": 1, "image": b, "text": "Is there an umbrella in the imange?", "label": "no"},
-    ])
-
-
-def write_textvqa(root: Path) -> None:
-    base = root / "textvqa"
-    _img(base / "train_images" / "831bcec304a17054.jpg")
-    _img(base / "train_images" / "94ad4aad01e27a32.jpg", (0, 0, 255))
-    ocr = "Reference OCR token: MORANGIE, AGED, 10"
-    _questions(base / "llava_textvqa_val_v051_ocr.jsonl", [
-        ("831bcec304a17054", "831bcec304a17054.jpg", f"What brand liquor is on the right?\n{ocr}", "default"),
-        ("831bcec304a17054", "831bcec304a17054.jpg", f"How long has the drink on the right been aged?\n{ocr}",
-         "default"),
-        ("94ad4aad01e27a32", "94ad4aad01e27a32.jpg", "What number is on the player's jersey?\nReference OCR token: ",
-         "default"),
-    ])
-    def entry(qid, image_id, q, answers):
-        return {"question": q, "image_id": image_id, "image_classes": ["Bottle"], "flickr_original_url": "",
-                "flickr_300k_url": "", "image_width": 1024, "image_height": 768, "answers": answers,
-                "question_tokens": q.lower().split(), "question_id": qid, "set_name": "val"}
-    _json(base / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1",
-        "data": [
-            entry(34602, "831bcec304a17054", "what brand liquor is on the right?", ["bowmore islay"] * 7 + ["bowmore"] * 3),
-            entry(34603, "831bcec304a17054", "how long has the drink on the right been aged?", ["10 years"] * 6 + ["10"] * 4),
-            entry(34604, "94ad4aad01e27a32", "what number is on the player's jersey?", ["22"] * 10),
-        ]})
-
-
-def write_gqa(root: Path) -> None:
-    base = root / "gqa"
-    _img(base / "data" / "images" / "n161313.jpg")
-    _img(base / "data" / "images" / "n235859.jpg", (0, 255, 0))
-    _questions(base / "llava_gqa_testdev_balanced.jsonl", [
-        ("201307251", "n161313.jpg", "Is it overcast?", "default"),
-        ("201640614", "n235859.jpg", "Who is wearing the dress?", "default"),
-    ])
-    _json(base / "data" / "testdev_balanced_questions.json", {
-        "201307251": {"question": "Is it overcast?", "imageId": "n161313", "answer": "no", "fullAnswer": "No, it is clear.",
-                      "isBalanced": True, "types": {"structural": "verify", "semantic": "global", "detailed": "weatherVerify"}},
-        "201640614": {"question": "Who is wearing the dress?", "imageId": "n235859", "answer": "woman",
-                      "fullAnswer": "The woman is wearing a dress.", "isBalanced": True,
-                      "types": {"structural": "query", "semantic": "rel", "detailed": "relS"}},
-    })
-
-
-def write_mme(root: Path, with_jsonl: bool = True) -> None:
-    base = root / "MME"
-    data = base / "MME_Benchmark_release_version"
-    _img(data / "code_reasoning" / "0020.png")
-    (data / "code_reasoning" / "0020.txt").write_text(
-        "Is a python code shown in the picture? Please answer yes or no.\tYes\n"
-        "Is a c++ code shown in the picture? Please answer yes or no.\tNo\n", encoding="utf-8")
-    _img(data / "artwork" / "images" / "14777.jpg")
-    (data / "artwork" / "questions_answers_YN").mkdir(parents=True)
-    (data / "artwork" / "questions_answers_YN" / "14777.txt").write_text(
-        "Does this artwork belong to the type of religious? Please answer yes or no.\tYes\n"
-        "Does this artwork belong to the type of historical?  Please answer yes or no.\tNo\n", encoding="utf-8")
-    if with_jsonl:
-        code, art = "code_reasoning/0020.png", "artwork/images/14777.jpg"  # MME's question id is its image
-        _questions(base / "llava_mme.jsonl", [
-            (code, code, "Is a python code shown in the picture?", "code_reasoning"),
-            (code, code, "Is a c++ code shown in the picture?", "code_reasoning"),
-            (art, art, "Does this artwork belong to the type of religious?", "artwork"),
-            (art, art, "Does this artwork belong to the type of historical?", "artwork"),
-        ])
-
-
-SQA_ENTRIES = [
-    {"id": "4", "conversations": [
-        {"from": "human", "value": "Which figure of speech is used in this text?\nSing, O goddess.\nA. chiasmus\nB. apostrophe"},
-        {"from": "gpt", "value": "B"}]},
-    {"id": "5", "image": "5/image.png", "conversations": [
-        {"from": "human", "value": "<image>\nContext: A parachute test.\nWhich of the following could Gordon's test show?\n"
-                                   "A. if the spacecraft was damaged\nB. how steady a parachute was\nC. whether it would swing"},
-        {"from": "gpt", "value": "B"}]},
-    {"id": "11", "image": "11/image.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is the name of the colony shown?\nA. Maryland\nB. New Hampshire\nC. Rhode Island\nD. Vermont"},
-        {"from": "gpt", "value": "B"}]},
-]
-
-
-def write_sqa(root: Path, problems: bool = True) -> None:
-    base = root / "scienceqa"
-    _img(base / "images" / "test" / "5" / "image.png")
-    _img(base / "images" / "test" / "11" / "image.png", (9, 9, 9))
-    _json(base / "llava_test_CQM-A.json", SQA_ENTRIES)
-    if problems:
-        _json(base / "problems.json", {
-            "4": {"question": "Which figure of speech is used in this text?", "choices": ["chiasmus", "apostrophe"],
-                  "answer": 1, "image": None, "subject": "language science", "grade": "grade11", "split": "test"},
-            "5": {"question": "Which of the following could Gordon's test show?",
-                  "choices": ["if the spacecraft was damaged", "how steady a parachute was", "whether it would swing"],
-                  "answer": 1, "image": "image.png", "subject": "natural science", "grade": "grade8", "split": "test"},
-            "11": {"question": "What is the name of the colony shown?",
-                   "choices": ["Maryland", "New Hampshire", "Rhode Island", "Vermont"], "answer": 1, "image": "image.png",
-                   "subject": "social science", "grade": "grade2", "topic": "us-history", "split": "test"},
-        })
-
-
-def _b64_png(color) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (5, 4), color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-MMB_HEADER = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category",
-              "comment", "split"]
-
-
-def write_mmb(root: Path, rows: list[list[str]] | None = None, header=MMB_HEADER, name="mmbench_dev_20230712") -> None:
-    if rows is None:
-        rows = [
-            ["241", "What is the main object?", "nan", "a cat", "a dog", "a car", "a tree", "B", "object_localization",
-             _b64_png((1, 2, 3)), "COCO", "finegrained_perception (instance-level)", "nan", "dev"],
-            ["242", "Which season is shown?", "The photo was taken outdoors.", "spring", "summer", "winter", "nan", "C",
-             "scene", _b64_png((4, 5, 6)), "COCO", "coarse_perception", "nan", "dev"],
-        ]
-    path = root / "mmbench" / f"{name}.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def write_vqav2(root: Path) -> None:
-    base = root / "vqav2"
-    _img(base / "test2015" / "COCO_test2015_000000262144.jpg")
-    image = "COCO_test2015_000000262144.jpg"
-    _questions(base / "llava_vqav2_mscoco_test-dev2015.jsonl", [
-        (262144000, image, "Is the ball flying towards the batter?", "default"),
-        (262144001, image, "What is the batter about to do?", "default"),
-    ])
-
-
-WRITERS = {"pope": write_pope, "textvqa": write_textvqa, "gqa": write_gqa, "mme": write_mme, "sqa": write_sqa,
-           "mmb": write_mmb, "vqav2": write_vqav2}
-
+from tests.paper_fixtures import (
+    BENCHMARK_WRITERS as WRITERS,
+    LETTER,
+    MMB_HEADER,
+    SA,
+    b64_png,
+    write_gqa,
+    write_json,
+    write_jsonl,
+    write_mmb,
+    write_mme,
+    write_pope,
+    write_sqa,
+    write_textvqa,
+    write_vqav2,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # Happy paths
@@ -329,7 +152,7 @@ def test_mmb(tmp_path):
 
 def test_mmb_without_answers(tmp_path):
     header = [h for h in MMB_HEADER if h != "answer"]
-    row = ["7", "Q?", "nan", "x", "y", "nan", "nan", "cat", _b64_png((0, 0, 0)), "src", "l2", "nan", "test"]
+    row = ["7", "Q?", "nan", "x", "y", "nan", "nan", "cat", b64_png((0, 0, 0)), "src", "l2", "nan", "test"]
     write_mmb(tmp_path, [row], header=header, name="mmbench_test_en_20231003")
     with pytest.warns(UserWarning, match="no `answer` column"):
         s = load_benchmark("mmb", tmp_path, split="mmbench_test_en_20231003")
@@ -421,7 +244,7 @@ def test_edited_fixture_error_names_file_and_line(tmp_path, name, rel_path, old,
 
 def test_unknown_yesno_answer_pope(tmp_path):
     write_pope(tmp_path)
-    _jsonl(tmp_path / "pope" / "coco" / "coco_pope_adversarial.json", [
+    write_jsonl(tmp_path / "pope" / "coco" / "coco_pope_adversarial.json", [
         {"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "q", "label": "yes"},
         {"question_id": 2, "image": "COCO_val2014_000000310196.jpg", "text": "q", "label": "maybe"},
     ])
@@ -431,11 +254,11 @@ def test_unknown_yesno_answer_pope(tmp_path):
 
 def test_pope_label_mismatch_and_shortage(tmp_path):
     write_pope(tmp_path)
-    _jsonl(tmp_path / "pope" / "coco" / "coco_pope_popular.json", [
+    write_jsonl(tmp_path / "pope" / "coco" / "coco_pope_popular.json", [
         {"question_id": 1, "image": "COCO_val2014_000000999999.jpg", "text": "q", "label": "yes"}])
     with pytest.raises(ValueError, match=r"llava_pope_test\.jsonl:3: image .* differs"):
         load_benchmark("pope", tmp_path)
-    _jsonl(tmp_path / "pope" / "coco" / "coco_pope_popular.json", [])
+    write_jsonl(tmp_path / "pope" / "coco" / "coco_pope_popular.json", [])
     with pytest.raises(ValueError, match=r"llava_pope_test\.jsonl:3: .* has no label"):
         load_benchmark("pope", tmp_path)
 
@@ -445,17 +268,17 @@ def test_unknown_choice_answer_sqa_and_problems_mismatch(tmp_path):
     q = tmp_path / "scienceqa" / "llava_test_CQM-A.json"
     entries = json.loads(q.read_text())
     entries[2]["conversations"][1]["value"] = "F"
-    _json(q, entries)
+    write_json(q, entries)
     with pytest.raises(ValueError, match=r"llava_test_CQM-A\.json:\d+: id '11': unknown answer 'F'"):
         load_benchmark("sqa", tmp_path)
     entries[2]["conversations"][1]["value"] = "C"  # a valid letter, but problems.json says index 1
-    _json(q, entries)
+    write_json(q, entries)
     with pytest.raises(ValueError, match=r"id '11': options/answer disagree"):
         load_benchmark("sqa", tmp_path)
 
 
 def test_unknown_choice_answer_mmb_and_bad_image(tmp_path):
-    row = ["1", "Q?", "nan", "x", "y", "nan", "nan", "E", "cat", _b64_png((0, 0, 0)), "s", "l2", "nan", "dev"]
+    row = ["1", "Q?", "nan", "x", "y", "nan", "nan", "E", "cat", b64_png((0, 0, 0)), "s", "l2", "nan", "dev"]
     write_mmb(tmp_path, [row])
     with pytest.raises(ValueError, match=r"mmbench_dev_20230712\.tsv:2: unknown answer 'E'"):
         load_benchmark("mmb", tmp_path)

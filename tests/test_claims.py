@@ -102,7 +102,7 @@ def test_committed_readme_claim_blocks_match_the_committed_artifacts(paper):
 
 def test_dyrate_readme_shows_the_committed_claims_table():
     """DyRate's claims are an artifact of their own (`make dyrate-claims`); its README must show that table."""
-    from common.experiment import FIGURES, REPO_ROOT
+    from common.paths import FIGURES, REPO_ROOT
 
     table = [ln for ln in (FIGURES / "dyrate" / "claims.md").read_text().splitlines() if ln.startswith("|")]
     readme = (REPO_ROOT / "papers" / "dyrate" / "README.md").read_text()
@@ -115,7 +115,7 @@ def _held_of(paper: str) -> tuple[int, int]:
     import importlib
 
     from common.claims import Claim
-    from common.experiment import FIGURES
+    from common.paths import FIGURES
 
     if paper == "dyrate":
         rows = json.loads((FIGURES / "dyrate" / "claims.json").read_text())["rows"]
@@ -131,7 +131,7 @@ def test_top_readme_counts_the_claims_the_artifacts_hold(paper):
     those sentences drifted once (SparseVLM said 7 of 13 after its README said 6). Keep them tied."""
     import re
 
-    from common.experiment import REPO_ROOT
+    from common.paths import REPO_ROOT
 
     lines = [ln for ln in (REPO_ROOT / "README.md").read_text().splitlines() if f"papers/{paper}/" in ln]
     counts = [tuple(map(int, m)) for ln in lines for m in re.findall(r"(\d+) of (\d+) claims? holds?", ln)]

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from common.baselines.fastv import FastV
-from common.reduction import reduce_tokens
-from common.registry import build_reducer
-from papers.dyrate.method import MODES, DepthPrune, DyRate
+from common.factory import build_reducer, make_reducer
+from common.models.tiny import make_batch, num_image_tokens, tiny_llava
+from common.reduction import BuildTarget, reduce_tokens
+from common.schedule import Budget
+from papers.dyrate.method import MODES, DepthPrune, DyRate, fixed_rate
 from papers.dyrate.policy import policy_pass, teacher_batch
 from papers.dyrate.predictor import RatePredictor
 
@@ -61,7 +63,7 @@ def test_rate_zero_predictor_is_vanilla_greedy(model, batch, vanilla):
 def test_fixed_rate_recompute_equals_fastv_without_cache(model, batch):
     """FastV re-pruning at every forward (its original no-cache form) == DyRate with a constant rate."""
     ours = _gen(model, batch, DyRate(K=2, rate=0.5))
-    with reduce_tokens(model, FastV(K=2, ratio=0.5)), torch.no_grad():
+    with reduce_tokens(model, FastV(K=2, budget=Budget.pruned(0.5))), torch.no_grad():
         ref = model.generate(**batch.inputs(), max_new_tokens=T, do_sample=False, use_cache=False,
                              output_logits=True, return_dict_in_generate=True)
     assert torch.equal(ours.sequences, ref.sequences)
@@ -77,6 +79,52 @@ def test_rate_changes_per_step_and_is_recorded(model, batch, vanilla):
     assert all(k.numel() == 8 for s in red.trace.steps[1:] for k in s.kept)  # 16 visual tokens, half kept
     assert torch.equal(out.logits[0], vanilla.logits[0])  # step 1 unpruned
     assert not torch.allclose(out.logits[1], vanilla.logits[1])
+    with reduce_tokens(model, red) as st, torch.no_grad():
+        model(**batch.inputs())
+    assert st.info[2] is red.trace.steps[-1]  # each step's record is its Selection.info
+
+
+def test_decisions_do_not_depend_on_earlier_calls(model, batch):
+    """Recompute mode re-decides every step from that step's attention alone: a reducer that already ran a
+    generation decides the next one exactly like a fresh reducer."""
+    used = DyRate(K=2, predictor=_stepwise_predictor(0, 5))
+    _gen(model, batch, used)
+    again, fresh = _gen(model, batch, used), _gen(model, batch, DyRate(K=2, predictor=_stepwise_predictor(0, 5)))
+    assert torch.equal(again.sequences, fresh.sequences)
+
+
+@pytest.mark.parametrize("n_layers, n_visual, budget, K, kept", [
+    (32, 576, Budget.paper(64), 2, 64), (32, 576, Budget.paper(192), 2, 192), (8, 144, Budget.paper(128), 1, 32),
+    (4, 16, Budget.pruned(0.5), 1, 8),
+])
+def test_budget_form_keeps_exactly_the_budget(n_layers, n_visual, budget, K, kept):
+    """With a budget DyRate is its fixed-rate form at K = 2 of 32 mapped (at least 1), keeping budget.keep(N)."""
+    red = make_reducer("dyrate", budget, BuildTarget(n_layers=n_layers, n_visual=n_visual))
+    assert isinstance(red, DyRate) and DyRate.takes_budget and red.predictor is None
+    assert red.K == K and red.rate == fixed_rate(budget, n_visual)
+    assert n_visual - int(red.rate * n_visual) == kept == budget.keep(n_visual)
+    with pytest.raises(ValueError, match="not both"):
+        make_reducer("dyrate", budget, BuildTarget(n_layers=n_layers, n_visual=n_visual), rate=0.5)
+
+
+def test_budget_form_prunes_to_the_budget(model, batch):
+    red = make_reducer("dyrate", Budget.count(5), BuildTarget(n_layers=4, n_visual=16))
+    with reduce_tokens(model, red) as st, torch.no_grad():
+        model(**batch.inputs())
+    assert st.kept_counts[1] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_learned_form_in_half_precision(dtype):
+    """The predictor runs in float32 whatever the model's dtype; indices stay integers."""
+    m = tiny_llava(seed=0, num_layers=4, dtype=dtype)
+    b = make_batch(batch_size=2, n_image_tokens=num_image_tokens(m), seed=1).inputs()
+    b["pixel_values"] = b["pixel_values"].to(dtype)
+    red = DyRate(K=2, predictor=_stepwise_predictor(0, 5))
+    with torch.no_grad(), reduce_tokens(m, red):
+        m.generate(**b, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert (red.trace.rates()[:, 0] == 0).all() and (red.trace.rates()[:, 1:] == 0.5).all()
+    assert all(k.dtype == torch.long and k.numel() == 8 for s in red.trace.steps[1:] for k in s.kept)
 
 
 def test_policy_pass_equals_mask_mode_generation(model, batch):
@@ -121,6 +169,10 @@ def test_drop_mode_never_grows_back(model, batch):
 
 
 def test_registered_and_configured():
+    dp = make_reducer("dyrate-dp", None, BuildTarget(n_layers=32, n_visual=576), R0=0.1)
+    assert isinstance(dp, DepthPrune) and dp.start == 4 and dp.layers == tuple(range(4, 32))
+    with pytest.raises(ValueError, match="R0"):
+        make_reducer("dyrate-dp", Budget.paper(64), BuildTarget(n_layers=32, n_visual=576))
     red = build_reducer("dyrate", K=2, rate=0.5)
     assert isinstance(red, DyRate) and red.layers == (2,) and red.generate_kwargs() == {"use_cache": False}
     assert DyRate(K=2, rate=0.5, mode="mask").layers == () and DyRate(K=2, rate=0.5, mode="mask").decode_layers == (2,)

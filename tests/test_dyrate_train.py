@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import papers.dyrate.train as train_module
 from common.flops import DecoderDims
 from papers.dyrate.train import TrainConfig, batch_costs, make_teacher_batch, toy_target, train_predictor
 from tests.eval_fakes import TinyVLM, make_samples
@@ -70,3 +71,31 @@ def test_argmax_calibration_meets_the_target(setup):
     got = argmax_flops(pred, feats, costs, 4)
     assert got <= target and argmax_flops(pred, feats, costs, 4, beta=-1e-3) >= got
     assert lo < target < hi and isinstance(beta, float)
+
+
+def test_interrupted_training_resumes_to_the_same_predictor(setup, tmp_path, monkeypatch):
+    """A run stopped after two steps and rerun with the same state file ends where an uninterrupted run ends."""
+    vlm, caps = setup
+    cfg = TrainConfig(K=2, target=0.88, lam=50.0, epochs=2, batch_size=3, lr=5e-2, seed=0, save_every=1)
+    ref, ref_card = train_predictor(vlm, caps, cfg, encode=vlm._text_ids, log=lambda s: None)
+    real, calls = train_module.batch_loss, []
+
+    def stop_at_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    state = tmp_path / "state" / "train.pt"
+    monkeypatch.setattr(train_module, "batch_loss", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_predictor(vlm, caps, cfg, encode=vlm._text_ids, log=lambda s: None, state_path=state)
+    monkeypatch.setattr(train_module, "batch_loss", real)
+    logs = []
+    pred, card = train_predictor(vlm, caps, cfg, encode=vlm._text_ids, log=logs.append, state_path=state)
+    assert logs[0].startswith("resumed at step 2 of 6")
+    assert torch.equal(pred.linear.weight, ref.linear.weight) and torch.equal(pred.linear.bias, ref.linear.bias)
+    assert card["history"] == ref_card["history"]
+    with pytest.raises(ValueError, match="another recipe"):
+        train_predictor(vlm, caps, TrainConfig(K=2, target=0.5, epochs=2, batch_size=3), encode=vlm._text_ids,
+                        log=lambda s: None, state_path=state)

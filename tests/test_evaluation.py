@@ -9,6 +9,7 @@ import pytest
 
 import common.evaluation as E
 from common.evaluation import CacheError, describe_reducer, evaluate, hash_samples
+from common.schedule import Budget
 from eval_fakes import MAX_NEW_TOKENS, FailingVLM, TinyVLM, make_samples
 
 RUN_KEY = {"checkpoint": "tiny-random-seed0"}
@@ -234,21 +235,21 @@ def test_random_drop_reducer_counts_and_resume(tmp_path):
     from common.baselines.random_drop import RandomDrop
 
     samples = make_samples(2)
-    reducer = RandomDrop(layer=0, budget=0.25, seed=0)
+    reducer = RandomDrop(layer=0, budget=Budget.fraction(0.25), seed=0)
     full = _eval(TinyVLM(), samples, tmp_path / "full")
     ref = _eval(TinyVLM(), samples, tmp_path / "ref", reducer=reducer)
     n_frames = [len(s.images) for s in samples]
     assert ref.visual_tokens == pytest.approx(4 * sum(n_frames) / len(samples))  # 25% of 16 per frame
     assert ref.visual_tokens_full == full.visual_tokens_full
-    assert ref.key != full.key and ref.config["reducer"]["config"]["budget"] == 0.25
+    assert ref.key != full.key and ref.config["reducer"]["config"]["budget"]["value"] == 0.25
     assert ref.predictions != full.predictions
 
     with pytest.raises(KeyboardInterrupt):
-        _eval(FailingVLM(fail_after=1), samples, tmp_path, reducer=RandomDrop(layer=0, budget=0.25, seed=0))
-    resumed = _eval(TinyVLM(), samples, tmp_path, reducer=RandomDrop(layer=0, budget=0.25, seed=0))
+        _eval(FailingVLM(fail_after=1), samples, tmp_path, reducer=RandomDrop(layer=0, budget=Budget.fraction(0.25), seed=0))
+    resumed = _eval(TinyVLM(), samples, tmp_path, reducer=RandomDrop(layer=0, budget=Budget.fraction(0.25), seed=0))
     assert resumed.n_computed == len(samples) - 4
     assert resumed.predictions == ref.predictions and resumed.metrics == ref.metrics
-    other_seed = _eval(TinyVLM(), samples, tmp_path, reducer=RandomDrop(layer=0, budget=0.25, seed=1))
+    other_seed = _eval(TinyVLM(), samples, tmp_path, reducer=RandomDrop(layer=0, budget=Budget.fraction(0.25), seed=1))
     assert other_seed.key != ref.key
 
 
@@ -256,7 +257,7 @@ def test_reduction_kwargs_reach_the_hook_and_the_key(tmp_path):
     from common.baselines.random_drop import RandomDrop
 
     samples = [s for s in make_samples(1) if s.family in ("gqa", "pope")]
-    red = RandomDrop(layer=1, budget=0.25, seed=0)
+    red = RandomDrop(layer=1, budget=Budget.fraction(0.25), seed=0)
     orig = _eval(TinyVLM(), samples, tmp_path, reducer=red)
     renum = _eval(TinyVLM(), samples, tmp_path, reducer=red, reduction_kwargs={"positions": "renumber"})
     assert renum.key != orig.key and renum.config["reduction"] == {"positions": "renumber"}

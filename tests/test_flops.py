@@ -378,9 +378,10 @@ def test_integral_floats_and_numpy_ints_are_accepted():
 def test_flops_tables_match_committed(tmp_path):
     """The committed figures/<paper>/flops.{csv,md,tex} are what `make flops-tables` writes now.
 
-    Regenerate with `make flops-tables` (= `python -m common.flops_tables`) after changing common/flops.py.
+    Regenerate with `make flops-tables` (= `python -m reports.flops_tables`) after changing common/flops.py or
+    a paper's printed numbers (papers/<p>/reported.py).
     """
-    from common import flops_tables
+    from reports import flops_tables
 
     written = flops_tables.main(["--out-dir", str(tmp_path)])
     repo = Path(__file__).resolve().parents[1] / "figures"
@@ -392,7 +393,7 @@ def test_flops_tables_match_committed(tmp_path):
 
 
 def test_flops_tables_rows_are_honest():
-    from common import flops_tables
+    from reports import flops_tables
 
     for paper, (title, build) in flops_tables.TABLES.items():
         assert "analytical" in title and ("LLaVA-1.5" in title or "Vicuna" in title)
@@ -402,3 +403,18 @@ def test_flops_tables_rows_are_honest():
             if row["ours"] is None or (row["rel_diff_pct"] is not None and abs(row["rel_diff_pct"]) > 2.5):
                 reasons = ("cannot be re-derived", "unidentified", "not backed", "not stated", "nominal budget")
                 assert any(r in row["note"] for r in reasons), row
+
+
+def test_flops_tables_read_the_papers_printed_numbers(monkeypatch):
+    """The paper column comes from papers/<p>/reported.py, not from the tables module."""
+    from papers.atp import reported as atp
+    from papers.sparsevlm import reported as sparsevlm
+    from reports import flops_tables
+
+    monkeypatch.setitem(sparsevlm.V15_SCHEDULES, 96, (200, 48, 26))
+    monkeypatch.setitem(sparsevlm.TABLE4, "FastV", {**sparsevlm.TABLE4["FastV"], "tflops": 2.4})
+    rows = {r["quantity"]: r for r in flops_tables.sparsevlm_rows()}
+    assert "equivalent tokens, budget 96 [200, 48, 26]" in rows
+    assert rows["FLOPs, FastV 192 tokens"]["paper"] == 2.4
+    monkeypatch.setitem(atp.TABLE6, ("ATP-LLaVA", 88), (94.6, 46.2, 226.8, 1.6))
+    assert {r["quantity"]: r["paper"] for r in flops_tables.atp_rows()}["FLOPs, ATP-LLaVA 88"] == 1.6

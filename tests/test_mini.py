@@ -73,20 +73,6 @@ def test_projector_pools_after_the_layernorm():
         proj.prepare(torch.ones(1, 5, 2))
 
 
-def test_report_settings_and_fixed_rates():
-    from common import mini_report as R
-    from papers.dyrate.predictor import kept_count
-    from common.schedule import keep_count
-
-    assert len(R.SETTINGS) == 2 + 5 * 3 and len({s.label for s in R.SETTINGS}) == len(R.SETTINGS)
-    for n in (16, 64, 144, 256):
-        for b in R.BUDGETS:
-            assert kept_count(n, R.fixed_rate(b, n)) == keep_count(b, n)
-    assert R.pruning_layer(30) == 2 and R.pruning_layer(8) == 1
-    rows = R.side_by_side([{"setting": "all", "score": 80.0, "tokens kept": 64.0}], {}, 64)
-    assert rows[0]["toy score"] == "missing" and rows[0]["tokens kept (of 64)"] == 64.0
-
-
 # --------------------------------------------------------------------------------------- easy-vqa
 @pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None, reason="pip install easy-vqa==1.0")
 def test_easyvqa_families_answer_types_and_subsets():
@@ -207,14 +193,15 @@ def test_prompt_layout(vlm, samples):
 
 def test_keep_all_gives_identical_logits_and_pruning_changes_them(vlm, samples):
     from common.baselines.fastv import FastV
+    from common.schedule import Budget
     from common.reduction import reduce_tokens
 
     inputs = dict(vlm.build_inputs(samples))
     with torch.no_grad():
         ref = vlm.model(**inputs).logits
-        with reduce_tokens(vlm.model, FastV(K=2, ratio=0.0), image_token_id=vlm.image_token_id) as st:
+        with reduce_tokens(vlm.model, FastV(K=2, budget=Budget.pruned(0.0)), image_token_id=vlm.image_token_id) as st:
             same = vlm.model(**inputs).logits
-        with reduce_tokens(vlm.model, FastV(K=2, budget=64), image_token_id=vlm.image_token_id):
+        with reduce_tokens(vlm.model, FastV(K=2, budget=Budget.paper(64)), image_token_id=vlm.image_token_id):
             pruned = vlm.model(**inputs).logits
     assert st.kept_counts[2] == [64, 64, 64]
     assert torch.equal(ref, same)
@@ -223,13 +210,14 @@ def test_keep_all_gives_identical_logits_and_pruning_changes_them(vlm, samples):
 
 def test_evaluate_with_and_without_fastv(vlm, samples):
     from common.baselines.fastv import FastV
+    from common.schedule import Budget
     from common.evaluation import evaluate
 
     kw = dict(cache_dir=None, run_key={"test": "mini"}, max_new_tokens=4, progress=False)
     full = evaluate(vlm, samples, **kw)
     assert full.visual_tokens_full == 64 and full.visual_tokens == 64
     assert set(full.metrics) <= {"easyvqa-shape", "easyvqa-color", "easyvqa-yesno"} and len(full.predictions) == 3
-    pruned = evaluate(vlm, samples, reducer=FastV(K=2, budget=128), **kw)  # 128 of 576 -> 14 of 64
+    pruned = evaluate(vlm, samples, reducer=FastV(K=2, budget=Budget.paper(128)), **kw)  # 128 of 576 -> 14 of 64
     assert pruned.visual_tokens_per_layer[:2] == [64.0, 64.0]
     assert pruned.visual_tokens_per_layer[2:] == [14.0] * 28
 

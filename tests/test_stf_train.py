@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 import papers.stf.train as T
 from common.data.toyworld import toyworld_split
 from common.models.toy import ToyConfig, ToyVLM
-from papers.stf.train import STFTrainConfig, VARIANTS, attach_projector, load_variant, set_trainable, train_variant
+from papers.stf.train import STFTrainConfig, load_variant, train_variant
+from papers.stf.variants import VARIANTS, attach_projector, set_trainable
 
 TINY = ToyConfig(vision_hidden=32, vision_layers=2, vision_heads=2, vision_intermediate=64,
                  text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
@@ -35,7 +36,11 @@ def sample():
 
 
 def test_every_variant_sets_the_placeholder_count_and_runs(sample):
-    assert set(VARIANTS) == set(EXPECTED_TOKENS)
+    paper_only = {"mbtf-stf-k8-e16", "mbtf-stf-k8-e32"}
+    assert set(VARIANTS) == set(EXPECTED_TOKENS) | paper_only
+    for name in paper_only:  # k=8 does not tile the toy's 12 x 12 grid: a clear error, not a wrong model
+        with pytest.raises(ValueError, match="does not tile the 12x12 grid"):
+            attach_projector(ToyVLM.fresh(TINY), name)
     for name, n in EXPECTED_TOKENS.items():
         vlm = ToyVLM.fresh(TINY)
         proj = attach_projector(vlm, name)

@@ -286,7 +286,9 @@ def test_make_toy_model_defaults_are_the_committed_checkpoints_recipe():
     """`make toy-model` (the defaults) must retrain the committed model: same recipe, model size and data."""
     from dataclasses import asdict
 
-    from common.experiment import TOY_CHECKPOINT
+    from common.paths import CHECKPOINTS
+
+    TOY_CHECKPOINT = CHECKPOINTS / "toy-llava"
 
     card = load_card(TOY_CHECKPOINT)
     assert card["train_config"] == asdict(ToyTrainConfig())

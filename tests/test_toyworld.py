@@ -334,7 +334,9 @@ def test_version_1_keeps_the_letter_and_pairwise_design():
 def test_checkpoint_data_version(tmp_path):
     import json
 
-    from common.experiment import TOY_CHECKPOINT, TOY_CHECKPOINT_V1
+    from common.paths import CHECKPOINTS
+
+    TOY_CHECKPOINT, TOY_CHECKPOINT_V1 = CHECKPOINTS / "toy-llava", CHECKPOINTS / "toy-llava-v1"
     from common.models.checkpoint import data_version
 
     (tmp_path / "card.json").write_text(json.dumps({"name": "old"}))

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 
 from common.attention import AttentionSlice
-from common.reduction import Needs, ReductionContext, Reducer, Selection
+from common.reduction import BuildTarget, Needs, ReductionContext, Reducer, Selection
 from common.registry import register
-from common.schedule import check_keep_spec, resolve_keep
+from common.schedule import Budget, pruning_layer
 
 
 def fastv_scores(attn: torch.Tensor, q_valid: torch.Tensor) -> torch.Tensor:
@@ -43,25 +43,30 @@ class FastV(Reducer):
 
     Args:
         K: the pruning layer (FastV's K; default 2, the paper's setting).
-        ratio: R, the fraction of visual tokens pruned (default 0.5 when neither `budget` nor `keep` is given).
-        budget: alternatively, the kept fraction (float) or paper budget (int of 576), see `common.schedule`.
-        keep: alternatively, an absolute kept count at this scale.
+        budget: the visual tokens kept (`common.schedule.Budget`); default FastV's R = 0.5,
+            `Budget.pruned(0.5)` (kept = round(N (1 - R)), as the official code).
         query: "last" (official code) or "all" (paper text).
     """
 
-    def __init__(self, K: int = 2, ratio: float | None = None, budget: float | int | None = None,
-                 keep: int | None = None, query: str = "last"):
-        if not isinstance(K, int) or K < 1:
+    takes_budget = True
+
+    def __init__(self, K: int = 2, budget: Budget = Budget.pruned(0.5), query: str = "last"):
+        if not isinstance(K, int) or isinstance(K, bool) or K < 1:
             raise ValueError(f"K: FastV needs the attention of layer K-1, so K >= 1; got {K!r}")
         if query not in ("last", "all"):
             raise ValueError(f"query: expected 'last' or 'all', got {query!r}")
-        ratio = check_keep_spec(budget, keep, ratio)
-        self.K, self.ratio, self.budget, self.keep, self.query = K, ratio, budget, keep, query
+        self.K, self.budget, self.query = K, Budget.coerce(budget), query
         self.layers = (K,)
         self.needs = Needs(attention=AttentionSlice(queries=query, keys="visual"))
 
+    @classmethod
+    def for_model(cls, budget: Budget | None, target: BuildTarget, **options) -> "FastV":
+        """K = 2 of 32 mapped to the model's depth (at least 1); the budget kept from layer K on."""
+        options.setdefault("K", pruning_layer(target.n_layers))
+        return cls(**options) if budget is None else cls(budget=budget, **options)
+
     def n_keep(self, n_visual: int) -> int:
-        return resolve_keep(n_visual, budget=self.budget, keep=self.keep, ratio=self.ratio)
+        return self.budget.keep(n_visual)
 
     def select(self, ctx: ReductionContext) -> Selection:
         att = ctx.attention

@@ -12,7 +12,7 @@ import torch
 
 from common.reduction import ReductionContext, Reducer, Selection
 from common.registry import register
-from common.schedule import check_keep_spec, resolve_keep
+from common.schedule import Budget
 
 
 def sample_seed(seed: int, layer: int, ctx: ReductionContext, b: int) -> int:
@@ -26,7 +26,7 @@ def sample_seed(seed: int, layer: int, ctx: ReductionContext, b: int) -> int:
 
 @register("random")
 class RandomDrop(Reducer):
-    """Keep a random `budget` (fraction or paper budget) / `keep` (count) / `1 - ratio` of visual tokens.
+    """Keep a random `budget` (`common.schedule.Budget`; default half) of the visual tokens.
 
     Args:
         layer: where to drop (int) or several layers (tuple); 0 = pre-LLM.
@@ -34,20 +34,20 @@ class RandomDrop(Reducer):
             its position in the batch, so batched and single runs keep the same tokens.
     """
 
-    def __init__(self, layer: int | tuple[int, ...] = 0, budget: float | int | None = None,
-                 keep: int | None = None, ratio: float | None = None, seed: int = 0):
-        ratio = check_keep_spec(budget, keep, ratio)
+    takes_budget = True
+
+    def __init__(self, layer: int | tuple[int, ...] = 0, budget: Budget = Budget.pruned(0.5), seed: int = 0):
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
-        if any(not isinstance(l, int) or l < 0 for l in layers):
+        if any(not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in layers):
             raise ValueError(f"layer: must be non-negative integers, got {layer!r}")
         self.layers = layers
-        self.budget, self.keep, self.ratio, self.seed = budget, keep, ratio, seed
+        self.budget, self.seed = Budget.coerce(budget), seed
 
     def select(self, ctx: ReductionContext) -> Selection:
         keep = []
         for b in range(ctx.batch_size):
             n = ctx.n_visual[b]
-            k = resolve_keep(n, budget=self.budget, keep=self.keep, ratio=self.ratio)
+            k = self.budget.keep(n)
             g = torch.Generator().manual_seed(sample_seed(self.seed, ctx.layer, ctx, b))
             keep.append(torch.sort(torch.randperm(n, generator=g)[:k]).values.to(ctx.hidden.device))
         return Selection(keep)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 
 from common.clustering import bipartite_soft_matching, merge_wavg
-from common.reduction import ReductionContext, Reducer, Selection
+from common.reduction import BuildTarget, ReductionContext, Reducer, Selection
 from common.registry import register
-from common.schedule import check_keep_spec, resolve_keep
+from common.schedule import Budget, pruning_layer
 
 
 def tome_merge(x: torch.Tensor, metric: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -26,9 +26,12 @@ def tome_merge(x: torch.Tensor, metric: torch.Tensor, n_keep: int) -> tuple[torc
     Returns (ident [n_keep] long: the original index each surviving token stands at, ascending;
     values [n_keep, D]: the size-weighted averages, in `ident` order; size [n_keep, 1]: originals held).
     """
-    N = x.shape[0]
+    N, dtype = x.shape[0], x.dtype
     ident = torch.arange(N, device=x.device)
-    x, metric, size = x[None], metric[None], torch.ones(1, N, 1, dtype=x.dtype, device=x.device)
+    # Averages, sizes and the matching run in float32 and token ids stay int64 whatever the model's dtype:
+    # bf16 holds integers exactly only up to 256, so ids or sizes carried in it break at LLaVA's 576 tokens.
+    x, metric = x.float()[None], metric.float()[None]
+    size = torch.ones(1, N, 1, dtype=torch.float32, device=x.device)
     while x.shape[1] > n_keep:
         n = x.shape[1]
         r = min(n - n_keep, n // 2)
@@ -36,27 +39,34 @@ def tome_merge(x: torch.Tensor, metric: torch.Tensor, n_keep: int) -> tuple[torc
             break
         merge, _ = bipartite_soft_matching(metric, r)
         par = torch.arange(n, device=x.device) % 2 == 0  # True: set A
-        idp1 = (ident + 1).to(x.dtype)[None, :, None]
+        idp1 = (ident + 1)[None, :, None]
         id_a = merge(torch.where(par[None, :, None], idp1, 0), mode="amax")[0, :, 0]
         id_b = merge(torch.where(~par[None, :, None], idp1, 0), mode="amax")[0, :, 0]
-        ident = (torch.where(id_b > 0, id_b, id_a) - 1).long()
+        ident = torch.where(id_b > 0, id_b, id_a) - 1
         x, size = merge_wavg(merge, x, size)
         metric = merge(metric, mode="mean")
     order = torch.argsort(ident)
-    return ident[order], x[0, order], size[0, order]
+    return ident[order], x[0, order].to(dtype), size[0, order]
 
 
 @register("tome")
 class ToMe(Reducer):
-    """Merge visual tokens at `layer` down to a budget (fraction / paper budget), `keep` count or `1 - ratio`."""
+    """Merge visual tokens at `layer` down to `budget` (`common.schedule.Budget`; default half, R = 0.5)."""
 
-    def __init__(self, layer: int = 2, budget: float | int | None = None, keep: int | None = None,
-                 ratio: float | None = None):
-        ratio = check_keep_spec(budget, keep, ratio)
-        if not isinstance(layer, int) or layer < 0:
+    takes_budget = True
+
+    def __init__(self, layer: int = 2, budget: Budget = Budget.pruned(0.5)):
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
             raise ValueError(f"layer: must be a non-negative layer index, got {layer!r}")
         self.layers = (layer,)
-        self.budget, self.keep, self.ratio = budget, keep, ratio
+        self.budget = Budget.coerce(budget)
+
+    @classmethod
+    def for_model(cls, budget: Budget | None, target: BuildTarget, **options) -> "ToMe":
+        """Merging at FastV's K = 2 of 32 mapped to the model (at least 1) unless `layer` is given; SparseVLM's
+        tables merge before the LLM (`layer=0`)."""
+        options.setdefault("layer", pruning_layer(target.n_layers))
+        return cls(**options) if budget is None else cls(budget=budget, **options)
 
     def _metric(self, ctx: ReductionContext, h: torch.Tensor) -> torch.Tensor:
         mod = ctx.layer_module
@@ -70,7 +80,7 @@ class ToMe(Reducer):
         keep, values = [], []
         for b in range(ctx.batch_size):
             n = ctx.n_visual[b]
-            k = resolve_keep(n, budget=self.budget, keep=self.keep, ratio=self.ratio)
+            k = self.budget.keep(n)
             h = ctx.visual_hidden(b)
             if k == n:
                 keep.append(torch.arange(n, device=h.device))

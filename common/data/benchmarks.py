@@ -566,6 +566,37 @@ BENCHMARKS: dict[str, Callable[[Path, str | None], Iterator[Sample]]] = {
 }
 """Benchmark name (= `Sample.family`) -> loader(data_root, split) yielding samples in file order."""
 
+# What each loader reads, relative to data_root: each entry is one required input given as its accepted
+# alternatives (the first is the layout LLaVA's eval.zip unpacks to). `missing_inputs` checks these before a
+# run starts, so a missing file is reported once, by name, with the layout expected, not mid-table.
+LAYOUT: dict[str, tuple[tuple[str, ...], ...]] = {
+    "pope": (("pope/llava_pope_test.jsonl",), ("pope/coco/",), ("pope/val2014/",)),
+    "textvqa": (("textvqa/llava_textvqa_val_v051_ocr.jsonl",), ("textvqa/TextVQA_0.5.1_val.json",),
+                ("textvqa/train_images/",)),
+    "gqa": (("gqa/llava_gqa_testdev_balanced.jsonl",),
+            ("gqa/data/testdev_balanced_questions.json", "gqa/testdev_balanced_questions.json"),
+            ("gqa/data/images/", "gqa/images/")),
+    "mme": (("MME/MME_Benchmark_release_version/",),),
+    "sqa": (("scienceqa/llava_test_CQM-A.json",), ("scienceqa/images/test/",)),
+    "mmb": (("mmbench/mmbench_dev_20230712.tsv",),),
+    "vqav2": (("vqav2/llava_vqav2_mscoco_test-dev2015.jsonl",), ("vqav2/test2015/",)),
+}
+
+
+def missing_inputs(name: str, data_root: str | os.PathLike[str]) -> list[str]:
+    """The inputs of benchmark `name` that are absent under `data_root`, one line each ("" list: complete).
+
+    A line names the expected path (and its accepted alternatives), so the message doubles as the layout."""
+    if name not in LAYOUT:
+        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(LAYOUT)}")
+    root = Path(data_root).expanduser()
+    out = []
+    for alternatives in LAYOUT[name]:
+        if not any((root / a).is_dir() if a.endswith("/") else (root / a).is_file() for a in alternatives):
+            shown = " or ".join(f"{root / a}{'/ (a folder)' if a.endswith('/') else ''}" for a in alternatives)
+            out.append(f"{name}: missing {shown}")
+    return out
+
 
 # ----------------------------------------------------------------------------------------------------
 # Public entry points

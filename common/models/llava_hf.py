@@ -1,7 +1,7 @@
 """The `paper` scale's model: an HF `LlavaForConditionalGeneration` (e.g. llava-hf/llava-1.5-7b-hf) read from a
 local folder, wrapped as a `common.models.base.VisionLanguageModel`.
 
-    vlm = load_paper_vlm("/models/llava-1.5-7b-hf")      # MODEL_PATH; nothing is downloaded
+    vlm = load_paper_vlm("/models/llava-1.5-7b-hf")      # a local folder; nothing is downloaded
     batch = vlm.build_inputs(samples)                     # left-padded, <image> expanded to 576 placeholders
 
 Prompt: llava-hf's conversation format ``USER: <image>\\n{question} ASSISTANT:`` (one ``<image>`` per frame
@@ -19,6 +19,8 @@ import torch
 from transformers import AutoProcessor, BatchEncoding, LlavaForConditionalGeneration
 
 from common.data.sample import Sample
+from common.errors import MissingInputs
+from common.models.device import resolve_device, resolve_dtype
 
 PROMPT = "USER: {images}\n{question} ASSISTANT:"
 
@@ -58,26 +60,40 @@ class LlavaHF:
         return [t.strip() for t in self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
 
 
-def load_paper_vlm(model_path: str | os.PathLike[str] | None = None, *, device: str | torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> LlavaHF:
-    """Load an HF LLaVA checkpoint folder (config, weights, processor files) offline.
+# What an llava-hf checkpoint folder must hold: (description, accepted file names or glob patterns).
+REQUIRED_FILES = (
+    ("the model config", ("config.json",)),
+    ("the weights", ("*.safetensors", "pytorch_model*.bin")),
+    ("the image processor", ("preprocessor_config.json", "processor_config.json")),
+    ("the tokenizer", ("tokenizer.json", "tokenizer.model")),
+)
 
-    Args:
-        model_path: the folder; None reads `$MODEL_PATH`.
-        device: default "cuda" when available, else "cpu".
-        dtype: default float16 on CUDA (the papers' setting), float32 on CPU.
+
+def missing_files(path: Path) -> list[str]:
+    """What is absent from an llava-hf folder, one line per missing part (the files expected)."""
+    if not path.is_dir():
+        return [f"model_path: {path} is not a folder (expected a local copy of llava-hf/llava-1.5-7b-hf)"]
+    out = []
+    for what, names in REQUIRED_FILES:
+        if not any(list(path.glob(n)) for n in names):
+            out.append(f"model_path: {path} has no {what} (expected {' or '.join(names)})")
+    return out
+
+
+def load_paper_vlm(model_path: str | os.PathLike[str], *, device: str | torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> LlavaHF:
+    """Load an HF LLaVA checkpoint folder (config, weights, processor and tokenizer files) offline.
+
+    Every missing part is reported at once as missing local files (never as a failed hub download: nothing is
+    downloaded). device: "auto" = CUDA when available; dtype: "auto" = float16 on CUDA, float32 on CPU.
     """
-    if model_path is None:
-        model_path = os.environ.get("MODEL_PATH")
-        if not model_path:
-            raise ValueError("model_path: not given and $MODEL_PATH is not set (point it at a local "
-                             "llava-hf/llava-1.5-7b-hf folder)")
     path = Path(model_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model_path: {str(path)!r} has no config.json (expected an HF LLaVA checkpoint folder)")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    missing = missing_files(path)
+    if missing:
+        raise MissingInputs(missing, "Download the model once elsewhere (e.g. `huggingface-cli download "
+                                     "llava-hf/llava-1.5-7b-hf --local-dir <folder>`) and pass that folder.")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                           attn_implementation="sdpa").to(device).eval()

@@ -14,7 +14,7 @@ Prompt (SmolLM2's chat format without its default system turn, which would add ~
     <|im_start|>user\\n<image>*64\\n{question} Answer with one word.<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>
 
 Captions get no "Answer with one word.". `<image>` is SmolLM2's unused special token `<empty_output>` (no new embedding row is needed; its embedding
-is replaced by the visual tokens anyway). `python -m common.models.mini train` (= `make mini-model`) trains the
+is replaced by the visual tokens anyway). `python -m common.models.mini_train` (= `make mini-model`) trains the
 projector (`common.models.mini_train`).
 """
 from __future__ import annotations
@@ -32,12 +32,12 @@ from PIL import Image
 from torch import nn
 from transformers import BatchEncoding, LlavaConfig, LlavaForConditionalGeneration
 
+from common.paths import CHECKPOINTS
 from common.data.sample import Sample
 from common.models import mini_parts
 from common.models.batching import answer_rows, left_pad
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "mini-llava"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "mini-llava"
 PROJECTOR_FILE, CONFIG_FILE = "projector.safetensors", "mini_config.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's preprocessing (offline-assets.md §3a)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -302,13 +302,3 @@ def parts_info() -> dict[str, dict]:
 def load_mini_vlm(checkpoint: str | Path | None = None, cache_dir: str | Path | None = None) -> MiniVLM:
     """The trained mini model (checkpoints/mini-llava by default) as a `VisionLanguageModel`."""
     return MiniVLM.load(checkpoint or DEFAULT_CHECKPOINT, cache_dir=cache_dir)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) < 2 or sys.argv[1] != "train":
-        raise SystemExit("usage: python -m common.models.mini train [--out checkpoints/mini-llava] [options]")
-    from common.models.mini_train import main
-
-    main(sys.argv[2:])

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.paths import CACHE
+
 CONVERTER_VERSION = 1  # bump when a conversion below changes; cached folders of older versions are rebuilt
 SOURCE_FILE = "source.json"
 
@@ -80,7 +81,7 @@ def missing_packages(modules: tuple[str, ...] = ("onnx", "gguf", "accelerate", "
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MINI_CACHE") or REPO_ROOT / ".cache" / "mini")
+    return Path(os.environ.get("MINI_CACHE") or CACHE / "mini")
 
 
 # ------------------------------------------------------------------------------------------ the cache

@@ -1,4 +1,4 @@
-"""Train the mini VLM's projector: `python -m common.models.mini train` (= `make mini-model`).
+"""Train the mini VLM's projector: `python -m common.models.mini_train` (= `make mini-model`).
 
 Only `MiniProjector.linear_1/linear_2` learn (0.55 M parameters); DINOv2 and SmolLM2 stay frozen, as in
 LLaVA's stage-1 alignment. Data: easy-vqa's train split (38,575 questions on 4,000 images), optionally mixed
@@ -12,7 +12,7 @@ Why it is fast enough for 2 CPU cores (offline-assets.md §5 measured ~6 s per s
 The loop is `common.models.train.train` (resumable; the state holds the projector only, not the 135 M frozen
 parameters). The checkpoint folder gets the projector weights, the MiniConfig and a card with the learning
 curve (teacher-forced first-answer-token accuracy on held-out test questions every `--curve-every` steps) and
-the final greedy-decoding accuracy with all visual tokens and blind (common.toy_report.blind_samples).
+the final greedy-decoding accuracy with all visual tokens and blind (common.data.blind.blind_samples).
 """
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def first_token_accuracy(vlm: MiniVLM, samples: Sequence[Sample], features: torc
 def final_eval(vlm: MiniVLM, n: int, seed: int, run_key: dict, batch_size: int = 16, progress: bool = True) -> dict:
     """Greedy accuracy on `n` test questions with all visual tokens and blind (per family and overall)."""
     from common.evaluation import evaluate
-    from common.toy_report import blind_samples
+    from common.data.blind import blind_samples
 
     samples = easyvqa.easyvqa_split("test", n, seed=seed)
     out = {}
@@ -251,7 +251,7 @@ def run(out: Path, cfg: MiniTrainConfig, model_cfg: MiniConfig | None = None, ca
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Path, MiniTrainConfig, int | None]:
     d = MiniTrainConfig()
-    p = argparse.ArgumentParser(prog="python -m common.models.mini train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m common.models.mini_train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
     for name in ("steps", "batch_size", "seed", "save_every", "log_every", "curve_n", "curve_every", "eval_n"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
@@ -274,3 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     card = run(out, cfg)
     print(json.dumps({k: card[k] for k in ("steps", "examples_seen") if k in card} | {"eval": card.get("eval")}, indent=2))
     return card
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ Prompt template (word-level tokens, one image = `grid**2` placeholders, a clip =
 
     <bos> image : <image>*N [<image>*N ...] question : {question} answer : -> {answer} <eos>
 
-`python -m common.models.toy train --out checkpoints/toy-llava` (= `make toy-model`) trains it; the recipe
+`python -m common.models.toy_train --out checkpoints/toy-llava` (= `make toy-model`) trains it; the recipe
 is in `common.models.toy_train`, the generic loop in `common.models.train`.
 """
 from __future__ import annotations
@@ -250,13 +250,3 @@ class ToyVLM:
         cfg = cfg or ToyConfig()
         tok = build_tokenizer(data_version=data_version)
         return cls(build_model(cfg, tok, seed), tok, cfg)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) < 2 or sys.argv[1] != "train":
-        raise SystemExit("usage: python -m common.models.toy train [--out checkpoints/toy-llava] [options]")
-    from common.models.toy_train import main
-
-    main(sys.argv[2:])

@@ -408,7 +408,7 @@ def run(out: str | Path, tc: ToyTrainConfig, mc: ToyConfig, progress: bool = Tru
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m common.models.toy train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m common.models.toy_train", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="checkpoints/toy-llava")
     for f, v in asdict(ToyTrainConfig()).items():
         if isinstance(v, bool):

@@ -1,28 +1,31 @@
 """ATP-LLaVA at inference: hard pruning with trained ATP modules through the common hook (spec §3.9).
 
     atp, card = load_atp("checkpoints/atp-toy-144-frozen")
-    reducer = build_reducer("atp", modules=atp)              # or build_reducer("atp", checkpoint=path)
+    reducer = ATPReducer(modules=atp)                    # or run.reducer("atp", checkpoint=path)
     with reduce_tokens(vlm.model, reducer, image_token_id=vlm.image_token_id) as st:
-        vlm.model.generate(**inputs, max_new_tokens=8)
-    reducer.last          # per module: thresholds, which tokens RP / SP kept (original grid indices)
+        vlm.model(**inputs)
+    st.info[l]      # module at layer l: its `Decision` (thresholds, which tokens RP / SP kept, original indices)
 
 At each module layer i_k the reducer keeps visual token n iff S_red_n > theta_r or S_sp_n > theta_s (the
 hard form of Eq. 9-11), drops the rest from the hidden states and the KV cache of later layers, and keeps
 the survivors' original positions (PP; the hook's `positions="renumber"` gives "w/o PP"). Text is never
-pruned. Scores come from q/k of layer i_k - 1 recomputed from the hidden states that entered it
-(`papers.atp.module`): the reducer therefore also acts (keeping everything) at each layer i_k - 1, to see
-those hidden states. Batches work: every sample gets its own thresholds and kept set.
+pruned. The scores come from layer i_k - 1's normal forward (`Needs`): its instruction-to-visual softmax
+probabilities (S_cross, Eq. 4) and its query/key states (S_self, Eq. 3, pre-mask logits, which no softmax
+slice holds). Which tokens are still present is read from the context (`visual_orig`), so nothing is carried
+from one `select` call to the next. Batches work: every sample gets its own thresholds and kept set.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from common import spans as S
+from common.attention import AttentionSlice, CapturedAttention
 from common.reduction import Needs, ReductionContext, Reducer, Selection
 from common.registry import register
-from papers.atp.module import ATPModules, Decision, load_atp, qk_of, rotary_of, token_scores
+from papers.atp.module import ATPModules, load_atp, self_scores
 
 
 @register("atp")
@@ -32,11 +35,12 @@ class ATPReducer(Reducer):
     Args:
         modules: trained modules, or
         checkpoint: a folder written by `papers.atp.module.save_atp`.
-        record: keep every prefill's decisions in `history` (for figures); `last` always holds the latest.
+
+    Each module's `papers.atp.module.Decision` goes into `Selection.info`, so the hook's
+    `ReductionState.info[layer]` holds it after a prefill (figures read it there).
     """
 
-    def __init__(self, modules: ATPModules | None = None, checkpoint: str | Path | None = None,
-                 record: bool = False):
+    def __init__(self, modules: ATPModules | None = None, checkpoint: str | Path | None = None):
         if (modules is None) == (checkpoint is None):
             raise ValueError("modules/checkpoint: give exactly one of them")
         if checkpoint is not None:
@@ -44,67 +48,59 @@ class ATPReducer(Reducer):
         if not isinstance(modules, ATPModules):
             raise TypeError(f"modules: expected papers.atp.module.ATPModules, got {type(modules).__name__}")
         self.atp = modules.eval()
-        cfg = modules.config
-        self.layers = tuple(sorted(set(cfg.layers) | {l - 1 for l in cfg.layers}))
-        self.needs = Needs()  # scores from recomputed q/k of layer i_k - 1, see the module docstring
-        self.record = record
-        self.history: list[list[Decision]] = []
-        self.last: list[Decision] = []
-        self._stash: dict | None = None
-        self._g: torch.Tensor | None = None
+        self.layers = tuple(modules.config.layers)
+        self.needs = Needs(attention=AttentionSlice(queries="instruction", keys="visual", qk=True))
 
-    def select(self, ctx: ReductionContext) -> Selection:
-        cfg = self.atp.config
-        l = ctx.layer
-        if l == self.layers[0]:  # a new prefill
-            self.last = []
-            if self.record:
-                self.history.append(self.last)
-            self._g = self._present(ctx)
-        keep = [torch.arange(n, device=ctx.hidden.device) for n in ctx.n_visual]
-        if l in cfg.layers:
-            keep = self._prune(ctx, cfg.layers.index(l))
-        if l + 1 in cfg.layers:
-            self._stash = {"hidden": ctx.hidden, "kinds": ctx.kinds, "pos": ctx.position_ids,
-                           "layer": ctx.layer_module}
-        return Selection(keep)
+    def config(self) -> dict[str, Any]:
+        """What defines the reducer's decisions (for prediction caches): the module config and a weight digest."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.atp.state_dict().items()):
+            h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().numpy().tobytes())
+        return {"atp": self.atp.config.to_dict(), "weights": h.hexdigest()}
 
-    def _present(self, ctx: ReductionContext) -> torch.Tensor:
-        """[B, N0] 0/1: which original visual tokens are present (all, at the first module)."""
+    def present(self, ctx: ReductionContext) -> torch.Tensor:
+        """[B, N0] bool: which original visual tokens are still present at this layer."""
         n0 = self.atp.config.n_visual
-        g = torch.zeros(ctx.batch_size, n0, device=ctx.hidden.device)
+        out = torch.zeros(ctx.batch_size, n0, dtype=torch.bool, device=ctx.hidden.device)
         for b in range(ctx.batch_size):
             orig = ctx.visual_orig[b]
-            if ctx.n_visual[b] != n0 or bool((orig < 0).any()):
+            if ctx.spans[b].n_visual != n0 or bool((orig < 0).any()):
                 raise ValueError(f"input: ATP modules were built for one image of {n0} visual tokens; sample {b} "
-                                 f"has {ctx.n_visual[b]} (multi-frame inputs are not supported)")
-            g[b, orig] = 1.0
-        return g
+                                 f"has {ctx.spans[b].n_visual} (multi-frame inputs and merged tokens are not "
+                                 f"supported)")
+            out[b, orig] = True
+        return out
 
     @torch.no_grad()
-    def _prune(self, ctx: ReductionContext, k: int) -> list[torch.Tensor]:
+    def select(self, ctx: ReductionContext) -> Selection:
         cfg = self.atp.config
-        st = self._stash
-        if st is None or st["hidden"].shape[:2] != ctx.hidden.shape[:2]:
-            raise RuntimeError(f"atp: no matching hidden states of layer {ctx.layer - 1} were stashed")
+        k = cfg.layers.index(ctx.layer)
+        present = self.present(ctx)
+        s_self, s_cross = self.scores(ctx, ctx.attention, ctx.layer_module.self_attn.scaling)
         self.atp.to(ctx.hidden.device)
-        B, n0 = ctx.batch_size, cfg.n_visual
-        s_self = torch.zeros(B, n0, device=ctx.hidden.device)
+        d = self.atp.decide(k, s_self, s_cross, present.float())
+        keep = [torch.nonzero(d.keep[b][ctx.visual_orig[b]]).flatten() for b in range(ctx.batch_size)]
+        return Selection(keep, info=d.detach())
+
+    def scores(self, ctx: ReductionContext, att: CapturedAttention, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw S_self and S_cross [B, N0] float32 (0 where absent) from layer i_k - 1's captured slice.
+
+        The captured keys are the visual tokens of layer i_k - 1's key sequence, which has the layout of the
+        current layer (no module acts at i_k - 1), in `visual_index` order; in prefill the queries are that same
+        sequence (`off` = cached keys before them, 0 unless a prefix was cached)."""
+        n0 = self.atp.config.n_visual
+        dev = ctx.hidden.device
+        s_self = torch.zeros(ctx.batch_size, n0, device=dev)
         s_cross = torch.zeros_like(s_self)
-        layer = st["layer"]
-        for b in range(B):
-            valid = torch.nonzero(st["kinds"][b] != S.PAD).flatten()
-            kv = st["kinds"][b, valid]
-            vis = torch.nonzero(kv == S.VISUAL).flatten()
-            txt = torch.nonzero(kv == S.INSTRUCTION).flatten()
-            h = st["hidden"][b, valid]
-            cos, sin = rotary_of(layer).to(h.device)(h[None], position_ids=st["pos"][b, valid][None])
-            q, kk = qk_of(layer, h, cos[0], sin[0])
-            a, c = token_scores(q, kk, vis, txt, layer.self_attn.scaling)
+        off = att.key.shape[2] - att.query.shape[2]
+        for b in range(ctx.batch_size):
+            vis = att.k_index[b][att.k_valid[b]]
+            if not torch.equal(vis, ctx.visual_index[b]):
+                raise RuntimeError(f"atp: the keys captured at layer {ctx.layer - 1} are not the visual tokens of "
+                                   f"layer {ctx.layer} (sample {b})")
             orig = ctx.visual_orig[b]
-            s_self[b, orig] = a
-            s_cross[b, orig] = c
-        d = self.atp.decide(k, s_self, s_cross, self._g)
-        self.last.append(d.detach())
-        self._g = d.keep.float()
-        return [torch.nonzero(d.keep[b][ctx.visual_orig[b]]).flatten() for b in range(B)]
+            s_self[b, orig] = self_scores(att.query[b], att.key[b], vis - off, vis, scaling)
+            probs = att.values[b][:, att.q_valid[b]][:, :, att.k_valid[b]]  # [H, T, N]
+            if probs.shape[1]:  # no instruction token: S_cross = 0 (as in training)
+                s_cross[b, orig] = probs.mean(1).mean(0)
+        return s_self, s_cross

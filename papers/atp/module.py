@@ -16,12 +16,14 @@ One module sits before each decoder layer of `ATPConfig.layers` (paper: before 0
    optionally straight-through; pruned tokens are hidden from later layers by a per-key attention bias
    log(G + eps) (§3.8, `common.soft_mask`), G the cumulative product of the masks (A9).
 
-How the previous layer's attention is obtained (changed from a literal reading, same maths): the module
-recomputes q and k of layer i-1 from the hidden states that entered it (two projections and RoPE, no second
-pass of the layer). Eq. 3 needs PRE-mask logits over all visual queries, which no captured attention slice
-holds (the causal mask has already been added), and by linearity only the mean visual query is needed:
-S_self = (mean_m q_m) . K_v / sqrt(d). Training (`soft_atp`) and inference (`papers.atp.method.ATPReducer`)
-call the same `token_scores` on the same inputs, so the thresholds see the same scores in both.
+How the previous layer's attention is obtained (same maths, no second pass of any layer): Eq. 3 needs PRE-mask
+logits over all visual queries, which no softmax slice holds, and by linearity only the mean visual query is
+needed: S_self = (mean_m q_m) . K_v / sqrt(d) (`self_scores`). At inference (`papers.atp.method.ATPReducer`)
+layer i-1's own forward hands over its query/key states and its instruction-to-visual probabilities
+(`common.reduction.Needs`). In training (`SoftATP`) q and k of layer i-1 are recomputed from the hidden states
+that entered it (two projections and RoPE, `qk_of`), so that gradients flow through them, and S_cross is
+softmaxed with the soft mask's bias as layer i-1 itself attended (`token_scores`). Without pruning both give
+the same scores (tested to float rounding).
 
 PP (pruning-aware positions): `positions="original"` keeps the survivors' original RoPE ids (the paper's
 PP, here with the toy model's 1-D RoPE: the 2-D M-RoPE of the paper would need a base model trained with it,
@@ -29,20 +31,25 @@ see README); "renumber" re-indexes them contiguously (the "w/o PP" ablation, A10
 """
 from __future__ import annotations
 
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from common import spans as S
+from common.artifacts import atomic_write_text
 from common.attention import decoder_of
+from common.models.checkpoint import CARD, save_tensors
 from common.schedule import PAPER_LAYERS, map_layer
-from common.soft_mask import key_bias
+from common.soft_mask import biased_mask
 
 PAPER_ATP_LAYERS = {144: (4, 14, 24), 88: (1, 13, 25)}  # Table 2: module positions of the two main models
 LAMBDA_SAMPLE = 3.0  # Eq. 5
@@ -159,17 +166,6 @@ def spatial_scores(grid: int, lambda_sample: float = LAMBDA_SAMPLE) -> torch.Ten
 
 
 # ------------------------------------------------------------------------------------- attention scores
-_ROTARY: dict[int, LlamaRotaryEmbedding] = {}
-
-
-def rotary_of(layer: nn.Module) -> LlamaRotaryEmbedding:
-    """A rotary embedding matching `layer`'s config (cached; no parameters)."""
-    cfg = layer.self_attn.config
-    if id(cfg) not in _ROTARY:
-        _ROTARY[id(cfg)] = LlamaRotaryEmbedding(cfg)
-    return _ROTARY[id(cfg)]
-
-
 def qk_of(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Queries and keys (after RoPE) that decoder `layer` computes from the hidden states entering it.
 
@@ -184,6 +180,20 @@ def qk_of(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.
     return q[0], repeat_kv(k, attn.num_key_value_groups)[0]
 
 
+def self_scores(q: torch.Tensor, k: torch.Tensor, q_vis: torch.Tensor, k_vis: torch.Tensor, scaling: float,
+                g: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw S_self (Eq. 3) of one sample's visual tokens, averaged over heads: [N] float32.
+
+    q: [H, Lq, d], k: [H, Lk, d]; q_vis / k_vis: [N] positions of the same visual tokens among the queries and
+    among the keys. S_self_n = mean over visual queries m of the PRE-mask logit q_m . k_n * scaling, computed by
+    linearity as (g-weighted mean_m q_m) . k_n * scaling; g: [N] soft keep-mask (None: all present).
+    """
+    q, k = q.float(), k.float()
+    w = torch.ones(q_vis.numel(), device=q.device) if g is None else g.float()
+    qbar = (q[:, q_vis] * w[None, :, None]).sum(1) / w.sum().clamp(min=1e-12)  # [H, d] mean visual query
+    return (qbar[:, None, :] * k[:, k_vis]).sum(-1).mul(scaling).mean(0)  # [N], linearity of Eq. 3
+
+
 def token_scores(q: torch.Tensor, k: torch.Tensor, vis: torch.Tensor, txt: torch.Tensor, scaling: float,
                  g: torch.Tensor | None = None, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw S_self and S_cross (Eq. 3-4) of the visual tokens `vis` of one sample, averaged over heads.
@@ -195,9 +205,7 @@ def token_scores(q: torch.Tensor, k: torch.Tensor, vis: torch.Tensor, txt: torch
     (§3.3 notes). None = all present (inference: pruned tokens are gone). Returns ([N], [N]) float32.
     """
     q, k = q.float(), k.float()
-    w = torch.ones(vis.numel(), device=q.device) if g is None else g.float()
-    qbar = (q[:, vis] * w[None, :, None]).sum(1) / w.sum().clamp(min=1e-12)  # [H, d] mean visual query
-    s_self = (qbar[:, None, :] * k[:, vis]).sum(-1).mul(scaling).mean(0)  # [N], linearity of Eq. 3
+    s_self = self_scores(q, k, vis, vis, scaling, g)
     if txt.numel() == 0:
         return s_self, torch.zeros_like(s_self)
     L = k.shape[1]
@@ -273,9 +281,15 @@ class Decision:
     keep_s: torch.Tensor
     present: torch.Tensor  # [B, N0] bool, the tokens that entered the module
 
+    def _map(self, fn) -> "Decision":
+        return Decision(self.layer, *(fn(t) for t in (self.theta_r, self.theta_s, self.s_red, self.mask, self.keep,
+                                                      self.keep_r, self.keep_s, self.present)))
+
     def detach(self) -> "Decision":
-        return Decision(self.layer, *(t.detach() for t in (self.theta_r, self.theta_s, self.s_red, self.mask,
-                                                           self.keep, self.keep_r, self.keep_s, self.present)))
+        return self._map(torch.Tensor.detach)
+
+    def to(self, device: torch.device | str) -> "Decision":
+        return self._map(lambda t: t.to(device))
 
 
 class ATPModules(nn.Module):
@@ -358,95 +372,147 @@ def _layout(kinds: torch.Tensor, b: int):
     return valid, torch.nonzero(kv == S.VISUAL).flatten(), torch.nonzero(kv == S.INSTRUCTION).flatten()
 
 
-@contextmanager
-def soft_atp(model: nn.Module, atp: ATPModules, kinds: torch.Tensor):
-    """Run `atp` softly inside every forward of `model` in the context (training, §3.7-3.8); yields `SoftState`.
+class SoftATP:
+    """The soft ATP forward (§3.7-3.8) as pre-hooks on a model's decoder layers (`soft_atp`, `soft_training`).
 
-    kinds: [B, L] int8 token kinds of the batch (`common.spans`; answer tokens RESPONSE, so they are neither
-    scored queries nor pruned). Each sample must hold exactly `n_visual` visual tokens. Installs pre-hooks on
-    the decoder layers (removed on exit): layer i_k - 1 stashes its input; layer i_k computes the module from
-    it, multiplies g, and biases every later layer's attention by log(G + eps) on visual keys
-    (`common.soft_mask`). With `positions="renumber"`, later layers see contiguous positions of the hard
-    survivors (the "w/o PP" ablation).
+    `begin(kinds)` starts a forward: kinds [B, L] int8 token kinds of the batch (`common.spans`; answer tokens
+    RESPONSE, so they are neither scored queries nor pruned; each sample holds exactly `n_visual` visual
+    tokens). Layer i_k - 1 stashes its input; layer i_k computes the module from it, multiplies g, and every
+    later layer gets an attention mask biased by log(G + eps) on visual keys (`common.soft_mask.biased_mask`;
+    a query always sees itself). The biased mask travels in the layer's arguments, so a layer that activation
+    checkpointing recomputes during backward sees the mask of its forward. With `positions="renumber"`, later
+    layers see contiguous positions of the hard survivors ("w/o PP").
+
+    A layer whose hook runs twice in one forward (checkpointing that also replays module hooks) repeats the
+    module's computation (the checkpoint expects the same operations) but changes nothing: the decisions,
+    masks and biases of the first run stand.
     """
-    cfg = atp.config
-    dec = decoder_of(model)
-    B = kinds.shape[0]
-    n_vis = (kinds == S.VISUAL).sum(1)
-    if bool((n_vis != cfg.n_visual).any()):
-        raise ValueError(f"kinds: every sample needs exactly {cfg.n_visual} visual tokens, got {n_vis.tolist()}")
-    vis_pos = torch.stack([torch.nonzero(kinds[b] == S.VISUAL).flatten() for b in range(B)])  # [B, N0]
-    state = SoftState()
-    stash: dict = {}
-    pos_override: dict = {}
 
-    def hook_for(l: int):
-        def hook(module, args, kwargs):
+    def __init__(self, model: nn.Module, atp: ATPModules, reset_at_layer0: bool):
+        self.atp, self.reset_at_layer0 = atp, reset_at_layer0
+        self.dec = decoder_of(model)
+        self.state = SoftState()
+        self.kinds: torch.Tensor | None = None
+        self._stash: dict = {}
+        self._pos: dict = {}
+        self._bias: dict[int, torch.Tensor] = {}  # module layer -> [B, L] key bias of the layers from it on
+        self._done: set[int] = set()
+
+    def begin(self, kinds: torch.Tensor) -> SoftState:
+        cfg = self.atp.config
+        n_vis = (kinds == S.VISUAL).sum(1)
+        if bool((n_vis != cfg.n_visual).any()):
+            raise ValueError(f"kinds: every sample needs exactly {cfg.n_visual} visual tokens, got {n_vis.tolist()}")
+        self.kinds = kinds
+        self.vis_pos = torch.stack([torch.nonzero(kinds[b] == S.VISUAL).flatten() for b in range(kinds.shape[0])])
+        self._new_forward()
+        return self.state
+
+    def _new_forward(self) -> None:
+        self.state.decisions.clear()
+        self.state.masks.clear()
+        self._pos.clear()
+        self._bias.clear()
+        self._done.clear()
+
+    def hook(self, l: int):
+        cfg = self.atp.config
+
+        def pre_hook(module, args, kwargs):
+            if self.kinds is None:
+                return None
             hidden = args[0] if args else kwargs["hidden_states"]
-            if l == 0:  # a new forward: forget the previous one's masks
-                state.decisions.clear()
-                state.masks.clear()
-                pos_override.clear()
-                kb.reset()
+            if l == 0 and self.reset_at_layer0:  # a new forward: forget the previous one's masks
+                self._new_forward()
+            again = l in self._done
+            self._done.add(l)
             if l in cfg.layers:
-                _module_step(l, hidden)
-            if "pe" in pos_override:
-                kwargs = dict(kwargs, position_embeddings=pos_override["pe"], position_ids=pos_override["ids"])
-            if l + 1 in cfg.layers:
-                stash.update(hidden=hidden, layer=module, pe=kwargs["position_embeddings"])
+                self._module_step(l, hidden, commit=not again)
+            if "pe" in self._pos:
+                kwargs = dict(kwargs, position_embeddings=self._pos["pe"], position_ids=self._pos["ids"])
+            starts = [s for s in self._bias if s <= l]
+            if starts:
+                dtype = (torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type)
+                         else hidden.dtype)  # the dtype of the layer's queries
+                mask = biased_mask(kwargs.get("attention_mask"), self._bias[max(starts)], hidden.shape[1], dtype)
+                kwargs = dict(kwargs, attention_mask=mask)
+            if l + 1 in cfg.layers and not again:
+                self._stash.update(hidden=hidden, layer=module, pe=kwargs["position_embeddings"])
             return args, kwargs
 
-        return hook
+        return pre_hook
 
-    def _module_step(l: int, hidden: torch.Tensor) -> None:
+    def _module_step(self, l: int, hidden: torch.Tensor, commit: bool) -> None:
+        cfg, kinds, st = self.atp.config, self.kinds, self.state
+        B = kinds.shape[0]
         k = cfg.layers.index(l)
-        g = state.masks[-1] if state.masks else torch.ones(B, cfg.n_visual, device=hidden.device)
-        cos, sin = stash["pe"]
-        s_self = torch.zeros(B, cfg.n_visual, device=hidden.device)
-        s_cross = torch.zeros_like(s_self)
-        layer = stash["layer"]
+        masks = st.masks[:k]
+        g = masks[-1] if masks else torch.ones(B, cfg.n_visual, device=hidden.device)
+        cos, sin = self._stash["pe"]
+        layer = self._stash["layer"]
         rows_self, rows_cross = [], []
         for b in range(B):
             valid, vis, txt = _layout(kinds, b)
             cb, sb = (cos[b] if cos.shape[0] == B else cos[0]), (sin[b] if sin.shape[0] == B else sin[0])
-            q, kk = qk_of(layer, stash["hidden"][b, valid], cb[valid], sb[valid])
-            a, c = token_scores(q, kk, vis, txt, layer.self_attn.scaling, g[b], cfg.eps)
+            q, kk = qk_of(layer, self._stash["hidden"][b, valid], cb[valid], sb[valid])
+            with torch.autocast(hidden.device.type, enabled=False):  # scores and thresholds in float32
+                a, c = token_scores(q, kk, vis, txt, layer.self_attn.scaling, g[b], cfg.eps)
             rows_self.append(a)
             rows_cross.append(c)
         s_self, s_cross = torch.stack(rows_self), torch.stack(rows_cross)  # visual order = original order
-        d = atp.decide(k, s_self, s_cross, g)
+        with torch.autocast(hidden.device.type, enabled=False):
+            d = self.atp.decide(k, s_self, s_cross, g)
         g_new = g * d.mask
-        state.decisions.append(d)
-        state.masks.append(g_new)
         G = torch.ones(B, kinds.shape[1], device=hidden.device, dtype=g_new.dtype)
-        G = G.scatter(1, vis_pos, g_new)
-        kb.set(l, torch.log(G + cfg.eps))
+        G = G.scatter(1, self.vis_pos, g_new)
+        bias = torch.log(G + cfg.eps)
+        if not commit:
+            return
+        st.decisions.append(d)
+        st.masks.append(g_new)
+        self._bias[l] = bias
         if cfg.positions == "renumber":
             alive = (kinds != S.PAD).clone()
-            alive.scatter_(1, vis_pos, g_new.detach() > 0.5)
+            alive.scatter_(1, self.vis_pos, g_new.detach() > 0.5)
             ids = (alive.long().cumsum(1) - 1).clamp(min=0)
-            pos_override.update(ids=ids, pe=dec.rotary_emb(hidden, position_ids=ids))
+            self._pos.update(ids=ids, pe=self.dec.rotary_emb(hidden, position_ids=ids))
 
+
+@contextmanager
+def _installed(model: nn.Module, atp: ATPModules, reset_at_layer0: bool):
+    soft = SoftATP(model, atp, reset_at_layer0)
     handles = []
-    with key_bias(model) as kb:
-        try:
-            for i, layer in enumerate(dec.layers):
-                handles.append(layer.register_forward_pre_hook(hook_for(i), with_kwargs=True))
-            yield state
-        finally:
-            for h in handles:
-                h.remove()
+    try:
+        for i, layer in enumerate(soft.dec.layers):
+            handles.append(layer.register_forward_pre_hook(soft.hook(i), with_kwargs=True))
+        yield soft
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def soft_atp(model: nn.Module, atp: ATPModules, kinds: torch.Tensor):
+    """Run `atp` softly inside every forward of `model` in the context (training, §3.7-3.8); yields `SoftState`.
+
+    kinds: [B, L] int8 token kinds of the batch (see `SoftATP`). Every forward in the context starts afresh.
+    """
+    with _installed(model, atp, reset_at_layer0=True) as soft:
+        soft.begin(kinds)
+        yield soft.state
+
+
+@contextmanager
+def soft_training(model: nn.Module, atp: ATPModules):
+    """The soft ATP hooks for a whole training run; yields the `SoftATP`, whose `begin(kinds)` starts each
+    forward (so the hooks are still there if activation checkpointing replays them during backward)."""
+    with _installed(model, atp, reset_at_layer0=False) as soft:
+        yield soft
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def save_atp(atp: ATPModules, folder, card: dict | None = None) -> None:
     """Write `atp.safetensors` (module weights) and `card.json` (config + whatever `card` adds) to `folder`."""
-    import json
-    from pathlib import Path
-
-    from common.artifacts import atomic_write_text
-    from common.models.checkpoint import CARD, save_tensors
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(atp.state_dict(), folder / "atp.safetensors")
@@ -456,16 +522,9 @@ def save_atp(atp: ATPModules, folder, card: dict | None = None) -> None:
 
 def load_atp(folder) -> tuple[ATPModules, dict]:
     """(modules, card) from a folder written by `save_atp`."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from common.models.checkpoint import CARD
-
     folder = Path(folder)
     if not (folder / CARD).exists():
-        raise FileNotFoundError(f"checkpoint: {folder} has no card.json (train it with `make atp-train`)")
+        raise FileNotFoundError(f"checkpoint: {folder} has no card.json (train it with `python -m papers.atp.train`)")
     card = json.loads((folder / CARD).read_text())
     cfg = dict(card["config"])
     for key in ("layers", "fixed_keep"):

@@ -77,3 +77,11 @@ TABLE6_DELTA = {  # printed reduction ratios (%): storage, CUDA time, FLOPs
 def mean(xs) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs)
+
+# ------------------------------------------------------------------------------------------ FLOPs, tokens, memory
+# What `reports.flops_tables` sets beside `common.flops`: Table 2's pruning schedules with their printed
+# average token counts, and Table 6's KV storage, FLOPs and reduction ratios (TABLE6, TABLE6_DELTA above).
+SCHEDULES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {  # row -> (printed avg, layers, kept)
+    (f"pre-defined {ratio}" if ratio else f"{strategy} {tokens}*"): (tokens, layers, kept)
+    for strategy, tokens, ratio, layers, kept, _ in TABLE2 if layers
+}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.claims import Claim, fmt, load_sidecar, main as claims_main, yes
-from common.experiment import FIGURES
+from common.paths import FIGURES
 from papers.atp import reported as R
 
 HERE = Path(__file__).resolve().parent

@@ -1,11 +1,11 @@
-"""DyRate's attention-distribution analysis (dyrate.md §3, the paper's Fig. 2).
+"""DyRate's attention-distribution analysis (§3, the paper's Fig. 2).
 
 For every generation step t, every decoder layer l and head h: the share of the NEWEST token's attention
 (the query row that predicts token t) that falls on each token type,
 
     d[t, l, h, tau] = sum_{j in I_tau} A^(l,h)[q, j],   tau in (system, image, instruction, response),
 
-so that the four shares sum to 1 (dyrate.md §3.2). The same per-head vector of layer K is the rate
+so that the four shares sum to 1 (§3.2). The same per-head vector of layer K is the rate
 predictor's input (§4.3), so `type_shares` serves both.
 
 How: greedy generation with the KV cache; every analysed layer computes, through `common.attention`, only
@@ -62,7 +62,7 @@ class ShareTrace:
     active: np.ndarray
 
     def head_mean(self) -> np.ndarray:
-        """[B, T, n_layers, 4]: D_{t,l,tau} of dyrate.md §3.2 per sample."""
+        """[B, T, n_layers, 4]: D_{t,l,tau} of §3.2 per sample."""
         return self.shares.mean(3)
 
     def layer_mean(self) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""DyRate's differentiable training pass: one teacher-forced forward with per-row masks (dyrate.md §5.2 (B)).
+"""DyRate's differentiable training pass: one teacher-forced forward with per-row masks (§5.2 (B)).
 
 Over ``[prompt; response]``, layers 0..K-2 run unchanged (SDPA); layer K-1 computes its attention eagerly
 (the predictor's features and FastV's ranking come from its rows); layers K..L-1 run "softmax with policy"
@@ -143,6 +143,14 @@ class TeacherBatch:
         am = self.attention_mask.long()
         return (am.cumsum(1) - 1).clamp(min=0)
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TeacherBatch":
+        """The batch on `device`, images in `dtype` (the model's); ids and targets stay integers."""
+        pix = self.pixel_values
+        if pix is not None:
+            pix = pix.to(device, dtype=dtype) if dtype is not None else pix.to(device)
+        return TeacherBatch(self.input_ids.to(device), self.attention_mask.to(device), pix,
+                            self.targets.to(device), self.prompt_length, self.spans)
+
 
 def teacher_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor | None,
                   responses: list[torch.Tensor], image_token_id: int, pad_id: int = 0) -> TeacherBatch:
@@ -183,7 +191,7 @@ def policy_pass(model: nn.Module, batch: TeacherBatch, predictor: RatePredictor,
     """
     K, rates = predictor.K, predictor.rates
     Lp, T = batch.prompt_length, batch.n_steps
-    rows = torch.arange(Lp - 1, Lp - 1 + T)
+    rows = torch.arange(Lp - 1, Lp - 1 + T, device=batch.input_ids.device)
     kinds = torch.cat([S.kinds_of(batch.spans, Lp),
                        torch.full((len(batch.spans), T), S.RESPONSE, dtype=torch.int8)], 1)
     kinds = kinds.masked_fill(batch.attention_mask == 0, S.PAD).to(batch.input_ids.device)

@@ -1,4 +1,4 @@
-"""DyRate's rate predictor and the pure tensor maths around it (dyrate.md §4.3-4.8, §5.2, §7.2).
+"""DyRate's rate predictor and the pure tensor maths around it (§4.3-4.8, §5.2, §7.2).
 
 - `RatePredictor`: Eq. 2, ``p_t = softmax(W a_t + b)`` over C discrete pruning rates (Eq. 1), from the
   per-head attention shares a_t of layer K (4H features, `papers.dyrate.analysis.type_shares`). W = 0,
@@ -8,7 +8,7 @@
 - `step_costs` / `relative_flops`: the FLOPs-target penalty's F-hat, built from `common.flops.layer_flops`
   so that training and the reported `common.flops.dyrate_generation_flops` use one formula.
 
-Every value marked [R] in the spec is a default here, not a quote: rates {0, 0.1, ..., 0.9} (C = 10),
+Every value marked [R] (reconstructed) is a default here, not a quote: rates {0, 0.1, ..., 0.9} (C = 10),
 tau_g = 1, F_target = 1/3.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from common.flops import DecoderDims, layer_flops, resolve_dims
 from common.models.checkpoint import CARD, atomic_write_text, save_tensors
 
-DEFAULT_RATES: tuple[float, ...] = tuple(c / 10 for c in range(10))  # [R] dyrate.md §4.4
+DEFAULT_RATES: tuple[float, ...] = tuple(c / 10 for c in range(10))  # [R] §4.4
 N_TYPES = 4  # system, image, instruction, response
 
 
@@ -45,6 +45,17 @@ def check_rates(rates: Sequence[float]) -> tuple[float, ...]:
 def kept_count(n_visual: int, rate: float) -> int:
     """Visual tokens kept at rate r: N - floor(r N) (Eq. 1; the same floor as `common.flops`)."""
     return n_visual - math.floor(rate * n_visual)
+
+
+def rate_keeping(n_visual: int, keep: int) -> float:
+    """The rate r with `kept_count(n_visual, r) == keep` exactly: (N - keep) / N, nudged up where the float
+    product r N lands just below the integer it stands for (floor would then keep one token too many)."""
+    if not 0 <= keep <= n_visual or n_visual < 1:
+        raise ValueError(f"keep: must lie in [0, {n_visual}] with n_visual >= 1, got keep={keep}")
+    rate = (n_visual - keep) / n_visual
+    if kept_count(n_visual, rate) != keep:
+        rate = min(1.0, rate + 1e-9)
+    return rate
 
 
 class RatePredictor(nn.Module):
@@ -118,7 +129,8 @@ def gumbel_onehot(logits: torch.Tensor, tau: float = 1.0, generator: torch.Gener
     """
     if tau <= 0:
         raise ValueError(f"tau: the Gumbel temperature must be > 0, got {tau}")
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    where = generator.device if generator is not None else logits.device  # a CPU generator also serves a GPU
+    u = torch.rand(logits.shape, generator=generator, device=where, dtype=torch.float32).to(logits.device)
     g = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
     soft = F.softmax((logits.float() + g) / tau, -1)
     hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
@@ -145,7 +157,7 @@ def nested_keep_masks(scores: torch.Tensor, rates: Sequence[float]) -> torch.Ten
 
 def step_costs(n_prompt: int, n_visual: int, n_steps: int, rates: Sequence[float],
                dims: DecoderDims | str | Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer MACs of generation steps t = 1..T without a KV cache (dyrate.md §7.2).
+    """Per-layer MACs of generation steps t = 1..T without a KV cache (§7.2).
 
     Returns (dense [T], pruned [T, C]): f(n_t) and f(n_t - floor(r_c N)) with n_t = n_prompt + t - 1,
     f = `common.flops.layer_flops` (FastV's Eq. 5), as float64 tensors.

@@ -65,3 +65,11 @@ TABLE5: dict[str, tuple[float, float]] = {  # strategy -> (NoCaps CIDEr, FLOPs %
     "Ours (DP, label lost)": (107.00, 28.80),
     "Ours (FP, label lost)": (105.00, 58.10),
 }
+
+# ------------------------------------------------------------------------------------------ FLOPs
+# What `reports.flops_tables` sets beside `common.flops`: the relative TFLOPs (% of the dense model) of
+# Table III (TABLE3 above; printed the same for 7B and 13B) and Table V (TABLE5 above).
+TFLOPS_PCT: dict[tuple[str, str], float] = {  # (model, method) -> TFLOPs % of the dense model
+    key: flops for key, (flops, *_) in TABLE3.items() if key[1] != "Original"
+}
+TABLE5_FLOPS_PCT: dict[str, float] = {strategy: flops for strategy, (_, flops) in TABLE5.items()}

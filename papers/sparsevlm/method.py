@@ -1,10 +1,10 @@
 """SparseVLM (Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model
-Inference", arXiv 2410.04417) as a reducer on the common hook. Spec: shared/papers/sparsevlm.md.
+Inference", arXiv 2410.04417) as a reducer on the common hook.
 
-What it does (sparsevlm.md §3, Eqs. 1-11), once per prefill:
-1. **Raters** (Eqs. 5-7), before the decoder: ``R = mean_j softmax_text(H_v H_q^T)[j, :]`` from the layer-0
-   input embeddings of the visual tokens (H_v, projector output) and of the text after the image (H_q);
-   raters are the text tokens with ``R >= mean(R)``.
+What it does (paper §3, Eqs. 1-11), once per prefill:
+1. **Raters** (Eqs. 5-7): ``R = mean_j softmax_text(H_v H_q^T)[j, :]`` from the decoder's input embeddings of
+   the visual tokens (H_v, projector output) and of the text after the image (H_q); raters are the text
+   tokens with ``R >= mean(R)``.
 2. **Significance** (Eqs. 2-4) at each scoring layer s: P = the head-mean attention probabilities of the
    rater rows over the visual keys of layer s; ``Pbar_j = mean_i P[i, j]``.
 3. **How many** (Eq. 8): ``N = lambda (L_v - rank P)`` tokens are deleted, the smallest Pbar first; N = 0 skips
@@ -16,7 +16,7 @@ The decision uses layer s's attention and acts on layer s's OUTPUT, i.e. on the 
 layer s + 1 (the hook's pruning layer); layer s and its KV cache keep every token. Decoding uses the
 pruned per-layer KV cache (the hook's job).
 
-Two modes (`mode=`), every difference listed (sparsevlm.md §3.4-3.5, §10; prior-art.md "Behaviour"):
+Two modes (`mode=`), every difference listed:
 
 | | `official` (default; v1 code `91fb6d9`) | `paper` (the text) |
 |---|---|---|
@@ -30,12 +30,13 @@ Two modes (`mode=`), every difference listed (sparsevlm.md §3.4-3.5, §10; prio
 | assignment | nearest centre (Euclidean) | most cosine-similar centre |
 | reconstruction | mean of the group | sum of the group (Eq. 11) |
 Both: scoring layers 2, 6, 15, 19 of 32 (the code's `pruning_loc`; the paper lists none), mapped to the
-model's depth by `common.schedule.map_layer`; rank by `torch.linalg.matrix_rank` (default tolerance).
+model's depth by `resolve_score_layers`; rank by `torch.linalg.matrix_rank` (default tolerance).
 
 Changed from the official code (both modes):
 - fp32 scores: the code takes the rank of an fp16 P, whose rounding noise makes it ~ the number of raters;
-  in fp32 the rank is the real one (usually also min(|S|, L_v) for softmax rows). `rank_rtol` can set a
-  tolerance.
+  here P is computed in fp32 from the layer's query/key states, so the rank is the real one (usually also
+  min(|S|, L_v) for softmax rows). `rank_rtol` can set a tolerance. Recycled tokens are clustered and
+  averaged in fp32 too, then cast back to the model's dtype.
 - positions: the code renumbers survivors 0..n-1; the hook keeps original RoPE positions unless run with
   `reduce_tokens(..., positions="renumber")` (`common.evaluation.evaluate` uses the default, "original").
   A merged token takes its cluster centre's position (the code's renumbering gives it the slot after the
@@ -47,39 +48,47 @@ Changed from the official code (both modes):
 - no rater selected (strict threshold, all R equal) falls back to every text token; no text token after
   the image skips pruning.
 
-Implementation note (why the reducer computes P itself): raters need the layer-0 embeddings, so layer 0
-is one of the hook's layers (`select` keeps everything there). The hook captures attention only for a
-reducer whose every layer has an attention layer before it, which layer 0 cannot have; so P is computed
-here from the scoring layer's own input (`ctx.hidden`, `ctx.layer_module`): rater queries x all keys,
-RoPE, causal softmax, visual columns (`common.attention.attention_slice`), never the full L x L matrix.
-This costs one key projection per scoring layer and needs the layer BEFORE each pruning step to be a
-hook layer too, so scoring layers must be at least two apart; shallow models whose mapped layers
-collide get the later ones pushed forward (`resolve_score_layers`). All other layers keep SDPA.
+How it sits on the hook: the reducer acts only at the pruning layers s + 1 and asks (`needs`) for the
+attention slice of layer s (instruction queries x visual keys, computed inside that layer's normal forward,
+never L x L) and for the decoder's input embeddings. The raters are recomputed from those embeddings at each
+pruning layer (a visual x text product, cheap), so no state is carried from one `select` call to the next.
+What it decided (R, raters, Pbar, rank, kept, recycled clusters) goes into `Selection.info`, which the hook
+keeps in `ReductionState.info`; `traces(state)` assembles it per sample for figures.
+
+Budgets: `SparseVLM.for_model(budget, target)` (what `common.factory.make_reducer` and `Run.reducer` call)
+calibrates `scale` (official) or `lam` (paper) on the target's calibration batches so that the visual tokens
+averaged over decoder layers match the budget (the paper's "equivalent tokens"), and caches the value on disk.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from common import spans as S
-from common.attention import attention_slice
+from common.artifacts import atomic_write_text
+from common.attention import AttentionSlice
 from common.baselines.fastv import topk_stable
 from common.clustering import dpc_knn, merge_clusters
-from common.reduction import ReductionContext, Reducer, Selection, reduce_tokens
+from common.reduction import (
+    BuildTarget, Needs, ReductionContext, ReductionState, Reducer, Selection, reduce_tokens,
+)
 from common.registry import register
-from common.schedule import PAPER_LAYERS, PAPER_VISUAL, map_layer
+from common.run.run import stable_hash
+from common.schedule import PAPER_LAYERS, PAPER_VISUAL, Budget, map_layer
 
 Mode = Literal["official", "paper"]
 RaterRows = Literal["raters", "text", "all"]
 
-PAPER_SCORE_LAYERS = (2, 6, 15, 19)  # official v1 `pruning_loc`, 0-indexed of 32 (sparsevlm.md §3.6)
-# (scale, bias) of the official v1 eval scripts / README per budget (sparsevlm.md §3.7); tuned for
-# LLaVA-1.5-7B in fp16, so other models need `calibrate`.
+PAPER_SCORE_LAYERS = (2, 6, 15, 19)  # official v1 `pruning_loc`, 0-indexed of 32
+# (scale, bias) of the official v1 eval scripts / README per budget; tuned for LLaVA-1.5-7B in fp16, so
+# other models need calibration (`SparseVLM.for_model`, `calibrate`).
 OFFICIAL_SCALE_BIAS = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
+CALIB_ITERS = 10  # bisection steps of a budget calibration (the tables' setting)
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,9 @@ class SparseVLMConfig:
     rater_rows: rows of P whose mean is the significance Pbar: "raters" (the method), "text" (every text
         token after the image) or "all" (every token), Fig. 5's ablation. The count always comes from the
         raters' P: with all rows P has full column rank, so Eq. 8 would delete nothing and the ablation
-        could not hold the budget (changed from nothing: the paper does not say how it did).
-    score_layers: scoring layers of THIS model (None: `PAPER_SCORE_LAYERS` mapped to its depth).
+        could not hold the budget (the paper does not say how it did).
+    score_layers: scoring layers of THIS model, strictly increasing (None: `PAPER_SCORE_LAYERS` mapped to
+        its depth by `resolve_score_layers`).
     rank_rtol: relative tolerance of the rank (None: torch's default, sigma_max * max(m, n) * eps).
     """
 
@@ -129,9 +139,8 @@ class SparseVLMConfig:
             layers = tuple(self.score_layers)
             if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers):
                 raise ValueError(f"score_layers: expected non-negative layer indices, got {self.score_layers!r}")
-            if any(b < a + 2 for a, b in zip(layers, layers[1:])):
-                raise ValueError(f"score_layers: must increase by at least 2 (each prunes the next layer's "
-                                 f"input), got {layers}")
+            if any(b <= a for a, b in zip(layers, layers[1:])):
+                raise ValueError(f"score_layers: must be strictly increasing, got {layers}")
             object.__setattr__(self, "score_layers", layers)
 
 
@@ -140,7 +149,7 @@ def rater_relevance(h_vis: torch.Tensor, h_text: torch.Tensor) -> torch.Tensor:
     """Eq. 7: ``R = mean_j softmax(H_v H_q^T)[j, :]``; [Lv, D], [Lt, D] -> [Lt].
 
     The softmax runs over the TEXT axis (over the vision axis every column would sum to 1 and R would be
-    the constant 1/Lv, sparsevlm.md §3.2); no 1/sqrt(D) scaling, as in the code.
+    the constant 1/Lv); no 1/sqrt(D) scaling, as in the code.
     """
     logits = h_vis.float() @ h_text.float().T  # [Lv, Lt]
     return torch.softmax(logits, dim=-1).mean(0)
@@ -201,80 +210,24 @@ class Recycled:
 def recycle(h: torch.Tensor, scores: torch.Tensor, n_recycle: int, n_centres: int, mode: Mode) -> Recycled:
     """Eqs. 9-11 on the deleted tokens h [N, D] with significance `scores` [N]: take the top `n_recycle` by
     score (they enter clustering in descending order), cluster them by DPC-kNN into `n_centres` groups and
-    collapse each group (official: mean, Euclidean assignment; paper: sum, cosine assignment)."""
+    collapse each group (official: mean, Euclidean assignment; paper: sum, cosine assignment). Clustering and
+    merging run in fp32 (a bf16 sum of a large group loses most of its bits); the tokens come back in h's
+    dtype."""
     order = torch.sort(scores, descending=True, stable=True).indices[:n_recycle]
     x = h[order]
     if n_centres >= n_recycle:  # every token its own cluster (also covers a single recycled token)
         assignment = torch.arange(n_recycle, device=h.device)
         return Recycled(x.clone(), order, assignment, assignment.clone())
+    xf = x.float()[None]
     if mode == "official":
-        res = dpc_knn(x[None], n_centres, k=n_centres)
-        tokens = merge_clusters(x[None], res.assignment, n_centres, reduce="mean")[0]
+        res = dpc_knn(xf, n_centres, k=n_centres)
+        tokens = merge_clusters(xf, res.assignment, n_centres, reduce="mean")[0]
     else:
         k = min(n_centres, n_recycle - 1)
-        res = dpc_knn(x[None], n_centres, k=k, assign="cosine", include_self=False, scale_by_dim=False,
+        res = dpc_knn(xf, n_centres, k=k, assign="cosine", include_self=False, scale_by_dim=False,
                       densest_delta="own")
-        tokens = merge_clusters(x[None], res.assignment, n_centres, reduce="sum")[0]
+        tokens = merge_clusters(xf, res.assignment, n_centres, reduce="sum")[0]
     return Recycled(tokens.to(h.dtype), order, res.assignment[0], res.centers_idx[0])
-
-
-# ----------------------------------------------------------------------------------- attention slice
-_ROTARY: dict[int, nn.Module] = {}
-
-
-def _rotary_for(attn: nn.Module, device: torch.device) -> nn.Module:
-    """A rotary-embedding module for an attention module's config (cached; the decoder's own is not
-    reachable from a layer)."""
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    key = id(attn.config)
-    rot = _ROTARY.get(key)
-    if rot is None or rot.config is not attn.config:
-        rot = LlamaRotaryEmbedding(config=attn.config)
-        _ROTARY[key] = rot
-    return rot.to(device)
-
-
-def _pad(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(1, max(int(r.numel()) for r in rows))
-    idx = torch.zeros(len(rows), n, dtype=torch.long, device=device)
-    ok = torch.zeros(len(rows), n, dtype=torch.bool, device=device)
-    for b, r in enumerate(rows):
-        idx[b, : r.numel()] = r.to(device)
-        ok[b, : r.numel()] = True
-    return idx, ok
-
-
-@torch.no_grad()
-def query_attention(layer: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor, kinds: torch.Tensor,
-                    rows: Sequence[torch.Tensor], cols: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Head-mean attention probabilities of decoder `layer` for query positions `rows[b]` over key positions
-    `cols[b]`, from the layer's input `hidden` [B, L, D]: per sample [len(rows[b]), len(cols[b])] float32.
-
-    The softmax runs over every visible key (causal, padding excluded), as in the layer's own forward; only
-    the selected rows are projected to queries, so the cost is one key projection plus a Q x L product.
-    """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    attn = layer.self_attn
-    B, L, _ = hidden.shape
-    x = layer.input_layernorm(hidden)
-    qi, qv = _pad(rows, hidden.device)  # [B, Q]
-    ki, kv = _pad(cols, hidden.device)  # [B, K]
-    d = attn.head_dim
-    xq = x.gather(1, qi[..., None].expand(B, qi.shape[1], x.shape[-1]))
-    q = attn.q_proj(xq).view(B, qi.shape[1], -1, d).transpose(1, 2)  # [B, H, Q, d]
-    k = attn.k_proj(x).view(B, L, -1, d).transpose(1, 2)  # [B, Hkv, L, d]
-    cos, sin = _rotary_for(attn, hidden.device)(x, position_ids.expand(B, L))  # [B, L, d]
-    cq, sq = cos.gather(1, qi[..., None].expand(B, qi.shape[1], d)), sin.gather(1, qi[..., None].expand(B, qi.shape[1], d))
-    q, _ = apply_rotary_pos_emb(q, q, cq, sq)
-    _, k = apply_rotary_pos_emb(k, k, cos, sin)
-    visible = (torch.arange(L, device=hidden.device)[None, None, :] <= qi[:, :, None]) \
-        & (kinds != S.PAD)[:, None, :].to(hidden.device)  # [B, Q, L]
-    q_index = torch.arange(qi.shape[1], device=hidden.device).expand(B, -1)
-    probs = attention_slice(q, k, visible[:, None], attn.scaling, attn.num_key_value_groups, q_index, qv, ki, kv)
-    P = probs.mean(1)  # [B, Q, K]
-    return [P[b, : rows[b].numel(), : cols[b].numel()] for b in range(B)]
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -283,9 +236,11 @@ def resolve_score_layers(n_layers: int, layers: Sequence[int] | None = None,
     """Scoring layers of an `n_layers`-deep decoder.
 
     Given `layers` they are used as they are (checked); otherwise `paper_layers` (of 32) are mapped with
-    `map_layer`. Changed from the plain proportional map: consecutive scoring layers are at least two apart
-    (a collision is pushed to the next free layer), and a scoring layer needs a layer after it, so any
-    that would land on the last layer are dropped.
+    `map_layer`. Changed from the plain proportional map: a scoring layer needs a layer after it (where its
+    decision applies), so any that would land on the last layer are dropped; and mapped layers that come
+    closer than two are pushed apart (a collision goes to the next layer but one). The push only matters
+    below ~16 layers (at 32 the map is the identity); it is the rule every artifact was made with, so shallow
+    models keep their scoring layers (8 layers: 0, 2, 4, 6).
     """
     if not isinstance(n_layers, int) or n_layers < 2:
         raise ValueError(f"n_layers: SparseVLM needs a decoder with at least 2 layers, got {n_layers!r}")
@@ -307,20 +262,20 @@ def resolve_score_layers(n_layers: int, layers: Sequence[int] | None = None,
     return tuple(out)
 
 
-def hook_layers(score_layers: Iterable[int]) -> tuple[int, ...]:
-    """Layers the hook calls `select` at: 0 (raters), each scoring layer s (P) and s + 1 (pruning)."""
-    return tuple(sorted({0, *score_layers, *(s + 1 for s in score_layers)}))
+def hook_layers(score_layers: Sequence[int]) -> tuple[int, ...]:
+    """Layers the hook calls `select` at: s + 1 for each scoring layer s (its input is pruned)."""
+    return tuple(int(s) + 1 for s in score_layers)
 
 
-# ---------------------------------------------------------------------------------------------- reducer
+# ----------------------------------------------------------------------------------------------- traces
 @dataclass
 class LayerTrace:
     """What happened to one sample at one pruning layer (for figures and the notebook).
 
     layer: the pruning layer (its input is pruned; scores from layer - 1). visual_orig: [Lv] original
-    visual index of each visual token present (-1: merged). scores: [Lv] Pbar. rank, kept: [K] indices into
-    the visual tokens (ascending). recycled: the `Recycled` record or None (indices into the DELETED
-    tokens, whose visual indices are `deleted`).
+    visual index of each visual token present (-1: merged). scores: [Lv] Pbar. rank: of the raters' P;
+    n_rows: number of raters. kept: [K] indices into the visual tokens (ascending). deleted: the others.
+    recycled: the `Recycled` record or None (indices into the DELETED tokens).
     """
 
     layer: int
@@ -335,8 +290,8 @@ class LayerTrace:
 
 @dataclass
 class SampleTrace:
-    """One sample of the last prefill: text relevance R, raters (indices into the instruction span) and
-    the per-layer records."""
+    """One sample of a prefill: text relevance R, raters (indices into the instruction tokens), the
+    instruction's positions in the prompt, and the per-layer records of the layers that scored."""
 
     relevance: torch.Tensor | None = None
     raters: torch.Tensor | None = None
@@ -344,34 +299,71 @@ class SampleTrace:
     layers: list[LayerTrace] = field(default_factory=list)
 
 
+def traces(state: ReductionState) -> list[SampleTrace]:
+    """Per sample, the `SampleTrace` of the last prefill, from what `SparseVLM.select` put in `Selection.info`
+    (one single-layer `SampleTrace` per sample and pruning layer)."""
+    out: list[SampleTrace] = []
+    for layer in sorted(state.info):
+        for b, rec in enumerate(state.info[layer]):
+            if b == len(out):
+                out.append(SampleTrace(rec.relevance, rec.raters, rec.instruction_positions))
+            out[b].layers.extend(rec.layers)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reducer
 @register("sparsevlm")
 class SparseVLM(Reducer):
     """SparseVLM: text-guided, rank-adaptive progressive pruning with token recycling (see module docstring).
 
-    `SparseVLM(mode="official", scale=..., bias=...)`, `SparseVLM(mode="paper", lam=...)` or
-    `SparseVLM.for_budget(192)` (the code's (scale, bias) for that budget). Keyword arguments are the
-    fields of `SparseVLMConfig`. `lam=0` in paper mode deletes nothing: the model runs unchanged.
+    `SparseVLM(mode="official", scale=..., bias=...)`, `SparseVLM(mode="paper", lam=...)`,
+    `SparseVLM.for_budget(192)` (the code's uncalibrated (scale, bias) for that budget) or
+    `SparseVLM.for_model(Budget.paper(192), target)` (calibrated to the budget on the target's data).
+    Keyword arguments are the fields of `SparseVLMConfig`. `lam=0` in paper mode deletes nothing.
 
     The scoring layers depend on the decoder's depth; they are resolved when the hook binds the reducer to
-    a model (`validate(n_layers)`); until then `layers` holds the 32-layer (LLaVA-1.5-7B) ones.
-    After each prefill `trace` holds a `SampleTrace` per sample of that batch.
+    a model (`validate(n_layers)`); until then `layers` holds the 32-layer (LLaVA-1.5-7B) ones. After a
+    prefill, `traces(state)` gives what it decided for each sample. `calibration` holds the `Calibration`
+    a budget-built reducer was tuned with (None otherwise).
     """
+
+    takes_budget = True
 
     def __init__(self, **kwargs: Any):
         self.config = SparseVLMConfig(**kwargs)
-        self.trace: list[SampleTrace] = []
+        self.calibration: Calibration | None = None
+        queries = "all" if self.config.rater_rows == "all" else "instruction"
+        self.needs = Needs(attention=AttentionSlice(queries=queries, keys="visual"), embeddings=True)
         self._bind(PAPER_LAYERS)
-        self._pending: dict[int, list[tuple[torch.Tensor, int, int] | None]] = {}
-        self._raters: list[torch.Tensor] = []
 
     @classmethod
     def for_budget(cls, budget: int, **kwargs: Any) -> "SparseVLM":
-        """The official (scale, bias) of a paper budget (192 / 128 / 64); other knobs as keywords."""
+        """The official scripts' (scale, bias) of a paper budget (192 / 128 / 64), uncalibrated (tuned for
+        LLaVA-1.5-7B in fp16); other knobs as keywords."""
         if budget not in OFFICIAL_SCALE_BIAS:
             raise ValueError(f"budget: the official code gives (scale, bias) only for "
-                             f"{sorted(OFFICIAL_SCALE_BIAS)}, got {budget!r}; use `calibrate` instead")
+                             f"{sorted(OFFICIAL_SCALE_BIAS)}, got {budget!r}; use `for_model` to calibrate")
         scale, bias = OFFICIAL_SCALE_BIAS[budget]
         return cls(mode="official", scale=scale, bias=bias, **kwargs)
+
+    @classmethod
+    def for_model(cls, budget: Budget | None, target: BuildTarget, **options: Any) -> "SparseVLM":
+        """SparseVLM for the model `target` describes (scoring layers mapped to its depth when bound).
+
+        With a `budget` and no explicit `scale` / `lam` option, the knob of the mode is calibrated on
+        `target.calibration_batches()` so that the layer-averaged visual tokens match the budget (cached on
+        disk under `target.cache_dir`, keyed by `target.cache_key`, the budget and the config). Options: the
+        fields of `SparseVLMConfig` and `calib_iters` (bisection steps, default `CALIB_ITERS`).
+        """
+        iters = int(options.pop("calib_iters", CALIB_ITERS))
+        if budget is None or "scale" in options or "lam" in options:
+            return cls(**options)
+        budget = Budget.coerce(budget)
+        if target.calibration_batches is None or target.model is None:
+            raise ValueError("budget: SparseVLM meets a budget by calibrating its knob on data; build it with "
+                             "calibration batches (run.reducer('sparsevlm', budget, calibrate_on=<family>)) or "
+                             "pass scale= (official) / lam= (paper)")
+        return calibrated(target, budget, iters=iters, **options)
 
     def with_(self, **changes: Any) -> "SparseVLM":
         """A copy with some config fields changed."""
@@ -393,81 +385,59 @@ class SparseVLM(Reducer):
         return (f"SparseVLM(mode={c.mode!r}, {knob}, recycle={c.recycle}, rater_rows={c.rater_rows!r}, "
                 f"score_layers={self.score_layers})")
 
-    # ---- the hook calls this at layer 0, at each scoring layer s and at s + 1
+    # ---- the hook calls this at each pruning layer s + 1, with layer s's attention in `ctx.attention`
     def select(self, ctx: ReductionContext) -> Selection:
-        B = ctx.batch_size
-        if ctx.layer == 0:
-            self._begin(ctx)
-        keep = [torch.arange(n, device=ctx.hidden.device) for n in ctx.n_visual]
-        merged: list[torch.Tensor] | None = None
-        merged_pos: list[torch.Tensor] | None = None
-        pending = self._pending.pop(ctx.layer - 1, None)
-        if pending is not None:
-            merged, merged_pos = [], []
-            for b in range(B):
-                k, m, mp = self._prune_sample(ctx, b, pending[b])
-                keep[b] = k
-                merged.append(m)
-                merged_pos.append(mp)
-        if ctx.layer in self.score_layers:
-            self._score(ctx)
-        if merged is not None and all(m.shape[0] == 0 for m in merged):
-            merged, merged_pos = None, None
-        return Selection(keep, merged=merged, merged_positions=merged_pos)
-
-    def _begin(self, ctx: ReductionContext) -> None:
-        """Layer 0: reset the per-forward state and pick the raters from the input embeddings (Eq. 5-7)."""
-        self._pending = {}
-        self.trace = [SampleTrace() for _ in range(ctx.batch_size)]
-        self._raters = []
+        P = ctx.attention.head_mean()  # [B, Q, K] float32: captured queries x visual keys of layer s
+        keep, merged, merged_pos, info = [], [], [], []
         for b in range(ctx.batch_size):
-            text = torch.nonzero(ctx.kinds[b] == S.INSTRUCTION).flatten()
-            tr = self.trace[b]
-            tr.instruction_positions = text
-            if text.numel() == 0:
-                self._raters.append(text)
-                continue
-            R = rater_relevance(ctx.visual_hidden(b), ctx.hidden[b, text])
-            raters = select_raters(R, strict=self.config.mode == "official")
-            if raters.numel() == 0:  # all R equal under the strict threshold: every text token rates
-                raters = torch.arange(text.numel(), device=text.device)
-            tr.relevance, tr.raters = R, raters
-            self._raters.append(raters)
+            k, m, mp, tr = self._select_sample(ctx, P, b)
+            keep.append(k)
+            merged.append(m)
+            merged_pos.append(mp)
+            info.append(tr)
+        if all(m.shape[0] == 0 for m in merged):
+            return Selection(keep, info=info)
+        return Selection(keep, merged=merged, merged_positions=merged_pos, info=info)
 
-    def _score(self, ctx: ReductionContext) -> None:
-        """Scoring layer s: the raters' P (its rank sets the count) and Pbar from the `rater_rows` rows (the
-        raters themselves unless ablated), kept for layer s + 1."""
-        raters, rows, cols = [], [], []
-        for b in range(ctx.batch_size):
-            text = torch.nonzero(ctx.kinds[b] == S.INSTRUCTION).flatten()
-            raters.append(text[self._raters[b].to(text.device)] if text.numel() else text)
-            if self.config.rater_rows == "all":
-                rows.append(torch.nonzero(ctx.kinds[b] != S.PAD).flatten())
-            elif self.config.rater_rows == "text":
-                rows.append(text)
-            cols.append(ctx.visual_index[b])
-        P = query_attention(ctx.layer_module, ctx.hidden, ctx.position_ids, ctx.kinds, raters, cols)
-        P_rows = P if not rows else query_attention(ctx.layer_module, ctx.hidden, ctx.position_ids, ctx.kinds,
-                                                    rows, cols)
-        out = []
-        for b in range(ctx.batch_size):
-            if raters[b].numel() == 0 or cols[b].numel() == 0:
-                out.append(None)
-                continue
-            out.append((P_rows[b].mean(0), matrix_rank(P[b], self.config.rank_rtol), int(raters[b].numel())))
-        self._pending[ctx.layer] = out
+    def _raters(self, ctx: ReductionContext, b: int) -> SampleTrace:
+        """Eqs. 5-7 from the decoder's input embeddings: R over the instruction tokens and the raters."""
+        sp = ctx.spans[b]
+        emb = ctx.embeddings[b]
+        text = sp.instruction_positions().to(emb.device)
+        if text.numel() == 0:
+            return SampleTrace(instruction_positions=text)
+        R = rater_relevance(emb[sp.visual_positions().to(emb.device)], emb[text])
+        raters = select_raters(R, strict=self.config.mode == "official")
+        if raters.numel() == 0:  # all R equal under the strict threshold: every text token rates
+            raters = torch.arange(text.numel(), device=text.device)
+        return SampleTrace(R, raters, text)
 
-    def _prune_sample(self, ctx: ReductionContext, b: int, scored) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Layer s + 1: keep the top-K by Pbar, recycle the best of the deleted ones (Eqs. 8-11)."""
+    def _select_sample(self, ctx: ReductionContext, P: torch.Tensor, b: int):
+        """Sample b: keep the top-K by Pbar (Eq. 8), recycle the best of the deleted ones (Eqs. 9-11)."""
         dev = ctx.hidden.device
         n = ctx.n_visual[b]
+        tr = self._raters(ctx, b)
         empty = ctx.hidden.new_zeros(0, ctx.hidden.shape[-1])
         no_pos = torch.zeros(0, dtype=torch.long, device=dev)
-        if scored is None:
-            return torch.arange(n, device=dev), empty, no_pos
-        pbar, rank, n_rows = scored
-        k = kept_count(n, rank, self.config)
-        kept = topk_stable(pbar, k)
+        if tr.raters is None or n == 0:
+            return torch.arange(n, device=dev), empty, no_pos, tr
+        att = ctx.attention
+        if int(att.k_valid[b].sum()) != n:
+            raise RuntimeError(f"sparsevlm: layer {ctx.layer - 1}'s captured keys ({int(att.k_valid[b].sum())}) "
+                               f"are not the {n} visual tokens entering layer {ctx.layer}")
+        nq = int(att.q_valid[b].sum())
+        q_pos = att.q_index[b, :nq].to(dev)  # positions (this layout) of the captured query rows, ascending
+        instr = torch.nonzero(ctx.kinds[b] == S.INSTRUCTION).flatten()  # never pruned: same order as R
+        Pb = P[b, :nq, :n].to(dev)
+        P_raters = Pb[torch.searchsorted(q_pos, instr[tr.raters.to(dev)])]
+        if self.config.rater_rows == "raters":
+            pbar = P_raters.mean(0)
+        elif self.config.rater_rows == "text":
+            pbar = Pb[torch.searchsorted(q_pos, instr)].mean(0)
+        else:  # "all": every captured row (every non-pad token)
+            pbar = Pb.mean(0)
+        rank = matrix_rank(P_raters, self.config.rank_rtol)
+        kept = topk_stable(pbar, kept_count(n, rank, self.config))
         is_del = torch.ones(n, dtype=torch.bool, device=dev)
         is_del[kept] = False
         deleted = torch.nonzero(is_del).flatten()
@@ -475,14 +445,13 @@ class SparseVLM(Reducer):
         rec = None
         merged, merged_pos = empty, no_pos
         if lr:
-            h_del = ctx.hidden[b, ctx.visual_index[b][deleted]]
-            rec = recycle(h_del, pbar[deleted], lr, c, self.config.mode)
+            vis = ctx.visual_index[b]
+            rec = recycle(ctx.hidden[b, vis[deleted]], pbar[deleted], lr, c, self.config.mode)
             merged = rec.tokens
-            centre_tok = deleted[rec.members[rec.centres]]
-            merged_pos = ctx.position_ids[b, ctx.visual_index[b][centre_tok]]
-        self.trace[b].layers.append(LayerTrace(ctx.layer, ctx.visual_orig[b].clone(), pbar, rank, n_rows, kept,
-                                               deleted, rec))
-        return kept, merged, merged_pos
+            merged_pos = ctx.position_ids[b, vis[deleted[rec.members[rec.centres]]]]
+        tr.layers.append(LayerTrace(ctx.layer, ctx.visual_orig[b].clone(), pbar, rank, int(tr.raters.numel()),
+                                    kept, deleted, rec))
+        return kept, merged, merged_pos, tr
 
 
 # ------------------------------------------------------------------------------------------ budgets
@@ -509,16 +478,23 @@ def equivalent_tokens(model: nn.Module, batches: Sequence[dict], reducer: Reduce
 
 @dataclass(frozen=True)
 class Calibration:
-    """Result of `calibrate`: the reducer, its knob value and the achieved average (toy tokens and
-    paper-equivalent tokens of 576), and whether the target was reachable at all."""
+    """Result of `calibrate`: the knob and its value, the target and achieved averages (tokens of this model,
+    per sample) and paper-equivalent tokens of 576, whether the target was reachable, and the other config
+    fields (`reducer` rebuilds the calibrated reducer)."""
 
-    reducer: SparseVLM
     knob: str
     value: float
     target: float
     achieved: float
     n_visual: float
     feasible: bool
+    config: dict = field(default_factory=dict)
+
+    @property
+    def reducer(self) -> SparseVLM:
+        red = SparseVLM(**{**self.config, self.knob: self.value})
+        red.calibration = self
+        return red
 
     @property
     def achieved_paper(self) -> float:
@@ -529,11 +505,17 @@ class Calibration:
         return self.target * PAPER_VISUAL / self.n_visual
 
 
+def _count_visual(batches: Sequence[dict], image_token_id: int) -> float:
+    """Visual tokens per sample over `batches` (all frames of a clip counted)."""
+    return float(sum(float((b["input_ids"] == image_token_id).sum()) for b in batches)
+                 / sum(b["input_ids"].shape[0] for b in batches))
+
+
 def calibrate(model: nn.Module, batches: Sequence[dict], target: float, *, image_token_id: int | None = None,
               n_visual: float | None = None, iters: int = 14, hi: float | None = None, verbose: bool = True,
               **config: Any) -> Calibration:
     """Tune `scale` (official, bias kept) or `lam` (paper) so the layer-averaged visual-token count over
-    `batches` is as close as possible to `target` (toy tokens), by bisection (sparsevlm.md §3.8).
+    `batches` is as close as possible to `target` (tokens of this model per sample), by bisection.
 
     The count is monotone in the knob (up to ties), so bisection finds the boundary; of the two values
     around it the closer one wins. Prints (`verbose`) and returns the achieved average. `n_visual` (visual
@@ -545,15 +527,14 @@ def calibrate(model: nn.Module, batches: Sequence[dict], target: float, *, image
         raise ValueError(f"target: must be a non-negative token count, got {target!r}")
     mode = config.get("mode", "official")
     knob = "scale" if mode == "official" else "lam"
+    tok = image_token_id if image_token_id is not None else getattr(model.config, "image_token_id", None)
     if n_visual is None:
-        tok = image_token_id if image_token_id is not None else getattr(model.config, "image_token_id", None)
-        n_visual = float(sum(float((b["input_ids"] == tok).sum()) for b in batches)
-                         / sum(b["input_ids"].shape[0] for b in batches))
+        n_visual = _count_visual(batches, tok)
     memo: dict[float, float] = {}
 
     def avg(v: float) -> float:
         if v not in memo:
-            memo[v] = equivalent_tokens(model, batches, SparseVLM(**{**config, knob: v}), image_token_id)
+            memo[v] = equivalent_tokens(model, batches, SparseVLM(**{**config, knob: v}), tok)
         return memo[v]
 
     top = hi if hi is not None else (float(n_visual) if knob == "scale" else 1.0)
@@ -573,8 +554,7 @@ def calibrate(model: nn.Module, batches: Sequence[dict], target: float, *, image
     else:  # out of reach: the closer end (e.g. every layer up to the first scoring layer keeps all tokens)
         best = min((0.0, top), key=lambda v: (abs(avg(v) - target), v))
     achieved = avg(best)
-    red = SparseVLM(**{**config, knob: best})
-    cal = Calibration(red, knob, best, float(target), achieved, float(n_visual), feasible)
+    cal = Calibration(knob, best, float(target), achieved, float(n_visual), feasible, dict(config))
     if verbose:
         note = "" if feasible else f" (target out of reach: [{min(lo_end, hi_end):.2f}, {max(lo_end, hi_end):.2f}])"
         print(f"[sparsevlm] calibrated {knob}={best:.4g}: equivalent tokens {achieved:.2f} of {n_visual:.0f} "
@@ -583,16 +563,47 @@ def calibrate(model: nn.Module, batches: Sequence[dict], target: float, *, image
     return cal
 
 
+def calibrated(target: BuildTarget, budget: Budget, *, iters: int = CALIB_ITERS, **config: Any) -> SparseVLM:
+    """SparseVLM (`config` fields) with its knob calibrated on `target`'s batches to the layer-averaged
+    `budget` (the budget's kept fraction of the visual tokens per sample; a count budget is that many tokens).
+
+    The result is cached as JSON under `target.cache_dir` (when set with a `cache_key`), keyed by the model
+    and data identity (`cache_key`), the budget, the config and `iters`; writes are atomic, so concurrent
+    runs never read a half-written file.
+    """
+    SparseVLMConfig(**config)  # fail on a bad option before any forward pass
+    path = None
+    if target.cache_dir is not None and target.cache_key is not None:
+        key = stable_hash({"target": dict(target.cache_key), "budget": [budget.kind, budget.value],
+                           "config": config, "iters": iters, "v": 2})
+        path = target.cache_dir / f"sparsevlm-{key[:24]}.json"
+        if path.exists():
+            rec = json.loads(path.read_text())
+            return Calibration(rec["knob"], rec["value"], rec["target"], rec["achieved"], rec["n_visual"],
+                               rec["feasible"], rec["config"]).reducer
+    batches = target.calibration_batches()
+    n_visual = _count_visual(batches, target.image_token_id)
+    frac = budget.kept_fraction
+    tokens = frac * n_visual if frac is not None else float(budget.value)
+    print(f"[sparsevlm] calibrating for {budget.label()} ({tokens:.2f} of {n_visual:.0f} visual tokens per sample)"
+          + (f" {config}" if config else ""), flush=True)
+    cal = calibrate(target.model, batches, tokens, image_token_id=target.image_token_id, n_visual=n_visual,
+                    iters=iters, **config)
+    if path is not None:
+        atomic_write_text(path, json.dumps({**asdict(cal), "budget": budget.label()}, indent=1, sort_keys=True))
+    return cal.reducer
+
+
 def paper_budget_target(budget: float, n_visual: float) -> float:
-    """Toy-token target of a paper budget (of 576): the same fraction of `n_visual` (DESIGN.md §6)."""
+    """Tokens of a model with `n_visual` visual tokens for a paper budget (of 576): the same fraction."""
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= PAPER_VISUAL:
         raise ValueError(f"budget: expected a paper token count in [0, {PAPER_VISUAL}], got {budget!r}")
     return budget / PAPER_VISUAL * n_visual
 
 
 __all__ = [
-    "SparseVLM", "SparseVLMConfig", "Calibration", "calibrate", "equivalent_tokens", "paper_budget_target",
-    "rater_relevance", "select_raters", "matrix_rank", "kept_count", "recycle_counts", "recycle",
-    "query_attention", "resolve_score_layers", "hook_layers", "PAPER_SCORE_LAYERS", "OFFICIAL_SCALE_BIAS",
-    "LayerTrace", "SampleTrace", "Recycled",
+    "SparseVLM", "SparseVLMConfig", "Calibration", "calibrate", "calibrated", "equivalent_tokens",
+    "paper_budget_target", "rater_relevance", "select_raters", "matrix_rank", "kept_count", "recycle_counts",
+    "recycle", "resolve_score_layers", "hook_layers", "traces", "PAPER_SCORE_LAYERS", "OFFICIAL_SCALE_BIAS",
+    "CALIB_ITERS", "LayerTrace", "SampleTrace", "Recycled",
 ]

@@ -91,3 +91,15 @@ FIG5_CLAIMS = {  # only the two differences are printed
 FIG7_SOURCE = "SparseVLM Fig. 7 / App. A.1 ([001] only)"
 FIG7 = {"tokens_original": 1166, "tokens_downsampled": 576, "entropy_original": 7.44, "entropy_downsampled": 6.13,
         "text_highlighted_pct": 88.0, "roi_pct": 38.0}
+
+# ------------------------------------------------------------------------------------------ FLOPs, tokens, memory
+# What `reports.flops_tables` sets beside `common.flops`: Table 4's FLOPs, KV storage and reduction ratios
+# (TABLE4 above), the abstract's FLOPs claim, and the per-layer token schedules of the later official code
+# (v1.5, commit 535f8ba), the only layer-exact counts published for the Table 1 budgets.
+ABSTRACT_FLOPS_REDUCTION_PCT = "61-67"  # "FLOPs reduction" printed as a range, at 78% compression
+ABSTRACT_TOKENS = 128  # 78% compression of 576 visual tokens
+V15_PRUNE_LAYERS = (2, 6, 15)  # 0-based layers whose output is pruned
+V15_SCHEDULES: dict[int, tuple[int, int, int]] = {  # budget -> visual tokens kept after each V15_PRUNE_LAYERS
+    192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17),
+}
+V15_COMMENT_SEGMENTS = (2, 4, 10, 16)  # layers per segment of the code comment "2*576 4*300 10*200 16*110"

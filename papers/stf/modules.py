@@ -27,7 +27,7 @@ them (CLS dropped by the "default" strategy), and the placeholder count per imag
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -266,15 +266,21 @@ class STFProjector(nn.Module):
         return features
 
 
-def build_projector(kind: str, vision_hidden: int, llm_hidden: int, grid: int | tuple[int, int],
-                    **knobs) -> STFProjector:
-    """One projector of Tables 2-5 by name (see `KINDS`); knobs are `STFConfig` fields (variant, k, E, blocks...)."""
+def build_projector_config(kind: str, vision_hidden: int, llm_hidden: int, grid: int | tuple[int, int],
+                           **knobs) -> STFConfig:
+    """The `STFConfig` of `build_projector` (checks the knobs' names)."""
     grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
     allowed = set(STFConfig.__dataclass_fields__) - {"kind", "vision_hidden", "llm_hidden", "grid"}
     unknown = set(knobs) - allowed
     if unknown:
         raise ValueError(f"knobs: unknown {sorted(unknown)}; known: {sorted(allowed)}")
-    return STFProjector(STFConfig(kind=kind, vision_hidden=vision_hidden, llm_hidden=llm_hidden, grid=grid, **knobs))
+    return STFConfig(kind=kind, vision_hidden=vision_hidden, llm_hidden=llm_hidden, grid=grid, **knobs)
+
+
+def build_projector(kind: str, vision_hidden: int, llm_hidden: int, grid: int | tuple[int, int],
+                    **knobs) -> STFProjector:
+    """One projector of Tables 2-5 by name (see `KINDS`); knobs are `STFConfig` fields (variant, k, E, blocks...)."""
+    return STFProjector(build_projector_config(kind, vision_hidden, llm_hidden, grid, **knobs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,12 +302,17 @@ def vision_block_features(vision_tower: nn.Module, pixel_values: torch.Tensor, b
     return [hs[b][:, 1:] if drop_cls else hs[b] for b in blocks]
 
 
-def projector_for_model(model: nn.Module, kind: str = "mbtf_stf", **knobs) -> STFProjector:
-    """A projector sized for an HF `LlavaForConditionalGeneration`'s vision tower and decoder."""
-    vc, tc = model.config.vision_config, model.config.text_config
+def config_for_model(config: Any, kind: str = "mbtf_stf", **knobs) -> STFConfig:
+    """The `STFConfig` of a projector sized for an HF `LlavaConfig`'s vision tower and decoder (shapes only)."""
+    vc, tc = config.vision_config, config.text_config
     side = vc.image_size // vc.patch_size
     knobs.setdefault("num_vision_layers", vc.num_hidden_layers)
-    proj = build_projector(kind, vc.hidden_size, tc.hidden_size, (side, side), **knobs)
+    return build_projector_config(kind, vc.hidden_size, tc.hidden_size, (side, side), **knobs)
+
+
+def projector_for_model(model: nn.Module, kind: str = "mbtf_stf", **knobs) -> STFProjector:
+    """A projector sized for an HF `LlavaForConditionalGeneration`'s vision tower and decoder."""
+    proj = STFProjector(config_for_model(model.config, kind, **knobs))
     param = next(model.parameters())
     return proj.to(device=param.device, dtype=param.dtype)
 

@@ -24,7 +24,7 @@ from papers.stf.modules import KINDS, TABLE4_KE, STFConfig, STFProjector, VARIAN
 
 # LLaVA-1.5-7B: CLIP ViT-L/14-336 (24 blocks, width 1024, 24x24 patches) + Vicuna-7B (width 4096).
 LLAVA15 = STFConfig()
-# Provisional toy geometry (stf.md §12: C3 = 4 C1, M evenly spaced blocks of L; DESIGN.md: 12x12 grid) until the
+# Provisional toy geometry (stf.md §12: C3 = 4 C1, M evenly spaced blocks of L; a 12x12 grid) until the
 # toy model's own config exists; override with the command-line flags.
 TOY = STFConfig(vision_hidden=64, llm_hidden=256, grid=(12, 12), num_vision_layers=8, num_blocks=4)
 

@@ -96,3 +96,10 @@ FIG3_CASES = (
     "bar chart of expenditures: LLaVA-1.5 miscounts the bars, ours counts them and finds the lowest",
     "counting cows: ours is correct",
 )
+
+# ------------------------------------------------------------------------------------------ FLOPs
+# What `reports.flops_tables` sets beside `common.flops`: the TFLOPs column of Tables 2-4 (above) by visual
+# token count, and the relative cost stated in Sec. 4.3.
+TFLOPS_BY_TOKENS = {576: TABLE3["MBTF"][0], 144: TABLE3["MBTF + STF (ours)"][0]}  # MBTF only vs MBTF+STF
+TFLOPS_BY_KERNEL = {kE: flops for kE, (flops, _) in TABLE4.items()}  # (k, E) -> TFLOPs
+SEC43_RELATIVE_FLOPS_PCT = 25.0  # MBTF+STF's FLOPs as a share of MBTF only's

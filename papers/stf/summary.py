@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from common.claims import Claim, fmt, load_sidecar, main as claims_main, yes
-from common.experiment import FIGURES
+from common.paths import FIGURES
 from papers.stf import reported as R
 
 HERE = Path(__file__).resolve().parent
