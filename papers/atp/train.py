@@ -42,7 +42,7 @@ from torch import nn
 
 from common import flops as F
 from common import spans as S
-from common.artifacts import atomic_write_text, file_sha256, portable
+from common.artifacts import atomic_write_text, portable
 from common.attention import decoder_of
 from common.data.llava_instruct import Conversation, instruct_path, load_conversations
 from common.data.sample import Sample
@@ -50,7 +50,7 @@ from common.data.toyworld import toyworld_split, toyworld_stream
 from common.models import train as T
 from common.models.batching import IGNORE, left_pad
 from common.models.checkpoint import CARD, data_version, save_tensors
-from common.models.load import load_vlm
+from common.models.load import checkpoint_sha256, load_vlm
 from common.models.llava_sft import sft_batch_fn
 from common.reduction import reduce_tokens
 from common.run import MissingInputs, Run, RunConfig, add_arguments
@@ -265,7 +265,7 @@ def train_toy(cfg: TrainConfig, folder: Path, base: Path = BASE_CHECKPOINT) -> P
                          version=version)
     batches = [dict(vlm.build_inputs(val[i:i + 16])) for i in range(0, len(val), 16)]
     measured = measure_tokens(model, atp, batches, vlm.image_token_id)
-    base_hash = file_sha256(next(Path(base).glob("*.safetensors"))) if Path(base).is_dir() else None
+    base_hash = checkpoint_sha256(base) if Path(base).is_dir() else None  # the one folder hasher, as at paper scale
     save_run(folder, atp, model, cfg, rows, measured, {"base_checkpoint": portable(str(base)), "base_sha256": base_hash,
                                                        "wall_time_s": round(time.time() - t0, 1)})
     print(f"{folder.name}: achieved {measured['mean_avg_tokens']:.2f} tokens vs target "

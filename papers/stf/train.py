@@ -45,7 +45,7 @@ from common.artifacts import portable
 from common.data.tokenizer import load_tokenizer
 from common.data.toyworld import toyworld_split
 from common.models.checkpoint import CARD, TOKENIZER, WEIGHTS, atomic_write_text, data_version, load_weights
-from common.models.load import checkpoint_sha256
+from common.models.load import checkpoint_sha256, load_vlm
 from common.models.toy import CONFIG_FILE, ToyConfig, ToyVLM, build_model
 from common.models.toy_train import ToyTrainConfig, first_token_accuracy, stage_batch
 from common.models.train import TrainConfig, train
@@ -134,7 +134,7 @@ def train_variant(name: str, out_dir: str | Path | None = None, steps: tuple[int
     if not (base / WEIGHTS).exists():
         raise FileNotFoundError(f"base: {base} has no trained toy model; run `make toy-model` first")
     torch.set_num_threads(tc.threads)
-    vlm = ToyVLM.load(base)
+    vlm = load_vlm("toy", base)
     proj = attach_projector(vlm, name, tc.num_blocks, seed)
     data = _data_config(tc, data_version(base))
     work = out / "_train"
